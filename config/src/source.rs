@@ -15,7 +15,11 @@ pub trait ConfigSource: Send + 'static {
 
     /// Feeds `store` until `shutdown` is cancelled. The store counts as synced
     /// once the source's first full load is in.
-    fn run(self: Box<Self>, store: Store, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>>;
+    fn run(
+        self: Box<Self>,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), SourceError>>;
 
     /// The write path into the same place the source reads from.
     fn writer(&self) -> Arc<dyn ConfigWriter>;

@@ -50,7 +50,12 @@ impl Store {
     /// An empty store at version 0.
     pub fn new() -> Self {
         let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { inner: Arc::new(Inner { state: Mutex::default(), tx }) }
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::default(),
+                tx,
+            }),
+        }
     }
 
     /// The current snapshot.
@@ -60,14 +65,26 @@ impl Store {
 
     /// A subscription whose first [`Subscription::next`] returns the current state.
     pub fn subscribe(&self) -> Subscription {
-        Subscription { rx: self.inner.tx.subscribe(), last: None }
+        Subscription {
+            rx: self.inner.tx.subscribe(),
+            last: None,
+        }
     }
 
     /// Applies several changes as one new version (or none, if nothing changed).
     pub fn update(&self, f: impl FnOnce(&mut Txn<'_>)) {
-        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
         let mut next = state.current.clone();
-        let mut txn = Txn { origins: &mut state.origins, unsynced: &mut state.unsynced, next: &mut next };
+        let mut txn = Txn {
+            origins: &mut state.origins,
+            unsynced: &mut state.unsynced,
+            next: &mut next,
+        };
         f(&mut txn);
         next.synced = state.unsynced.values().all(|done| *done);
         if next.content_differs(&state.current) {
@@ -117,8 +134,10 @@ pub struct Txn<'a> {
 impl Txn<'_> {
     /// Replaces everything `origin` defines.
     pub fn replace_origin(&mut self, origin: &str, resources: Vec<Resource>) {
-        let new: BTreeMap<ResourceKey, Arc<Resource>> =
-            resources.into_iter().map(|r| (r.key(), Arc::new(r))).collect();
+        let new: BTreeMap<ResourceKey, Arc<Resource>> = resources
+            .into_iter()
+            .map(|r| (r.key(), Arc::new(r)))
+            .collect();
         let old = self.origins.remove(origin).unwrap_or_default();
         let mut touched: Vec<ResourceKey> = old.keys().cloned().collect();
         // Keep the old Arc when nothing changed, so subscribers see no change.
@@ -164,8 +183,13 @@ impl Txn<'_> {
     pub fn remove_origin(&mut self, origin: &str) {
         let old = self.origins.remove(origin).unwrap_or_default();
         self.recompute(old.into_keys().collect());
-        let keys: Vec<ErrorKey> =
-            self.next.errors.keys().filter(|k| &*k.origin == origin).cloned().collect();
+        let keys: Vec<ErrorKey> = self
+            .next
+            .errors
+            .keys()
+            .filter(|k| &*k.origin == origin)
+            .cloned()
+            .collect();
         for k in keys {
             self.next.errors.remove(&k);
         }
@@ -180,9 +204,26 @@ impl Txn<'_> {
         }
     }
 
+    /// Clears the per-object errors of `origin` (a re-list reports them afresh).
+    pub fn clear_object_errors(&mut self, origin: &str) {
+        let keys: Vec<ErrorKey> = self
+            .next
+            .errors
+            .keys()
+            .filter(|k| &*k.origin == origin && k.object.is_some())
+            .cloned()
+            .collect();
+        for k in keys {
+            self.next.errors.remove(&k);
+        }
+    }
+
     /// The objects `origin` currently defines.
     pub fn origin_objects(&self, origin: &str) -> Vec<Arc<Resource>> {
-        self.origins.get(origin).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.origins
+            .get(origin)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Declares a source that must load once before the store counts as synced.
@@ -199,11 +240,17 @@ impl Txn<'_> {
     /// order) that defines it wins; others are reported as conflicts.
     fn recompute(&mut self, keys: Vec<ResourceKey>) {
         for key in keys {
-            let mut holders = self.origins.iter().filter_map(|(o, m)| m.get(&key).map(|r| (o, r)));
+            let mut holders = self
+                .origins
+                .iter()
+                .filter_map(|(o, m)| m.get(&key).map(|r| (o, r)));
             match holders.next() {
                 Some((origin, r)) => {
                     let shadowed: Vec<Origin> = holders.map(|(o, _)| o.clone()).collect();
-                    let entry = snapshot::Entry { resource: r.clone(), origin: origin.clone() };
+                    let entry = snapshot::Entry {
+                        resource: r.clone(),
+                        origin: origin.clone(),
+                    };
                     if self.next.objects.get(&key) != Some(&entry) {
                         self.next.objects.insert(key.clone(), entry);
                     }

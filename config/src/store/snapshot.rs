@@ -31,12 +31,18 @@ pub struct ErrorKey {
 impl ErrorKey {
     /// Errors of a whole origin (a broken file).
     pub fn origin(origin: &str) -> Self {
-        Self { origin: origin.into(), object: None }
+        Self {
+            origin: origin.into(),
+            object: None,
+        }
     }
 
     /// Errors of one object within an origin (a bad object in a Kubernetes watch).
     pub fn object(origin: &str, key: ResourceKey) -> Self {
-        Self { origin: origin.into(), object: Some(key) }
+        Self {
+            origin: origin.into(),
+            object: Some(key),
+        }
     }
 }
 
@@ -114,7 +120,9 @@ impl Snapshot {
 
     /// Every recorded error.
     pub fn errors(&self) -> impl Iterator<Item = (&ErrorKey, &LoadError)> {
-        self.errors.iter().flat_map(|(k, errs)| errs.iter().map(move |e| (k, e)))
+        self.errors
+            .iter()
+            .flat_map(|(k, errs)| errs.iter().map(move |e| (k, e)))
     }
 
     /// Keys defined by more than one origin, with the origins (the first one wins).
@@ -136,8 +144,14 @@ impl Snapshot {
             .diff(&next.objects)
             .filter_map(|d| match d {
                 DiffItem::Add(k, _) => Some(Change::Added(k.clone())),
-                DiffItem::Update { old: (k, _), new: (_, new) } => {
-                    let unchanged = self.objects.get(k).is_some_and(|o| o.resource == new.resource);
+                DiffItem::Update {
+                    old: (k, _),
+                    new: (_, new),
+                } => {
+                    let unchanged = self
+                        .objects
+                        .get(k)
+                        .is_some_and(|o| o.resource == new.resource);
                     (!unchanged).then(|| Change::Updated(k.clone()))
                 }
                 DiffItem::Remove(k, _) => Some(Change::Removed(k.clone())),

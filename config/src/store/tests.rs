@@ -4,7 +4,8 @@ use isthmus_api::{Kind, LoadError, ResourceKey};
 use super::*;
 
 fn ns(name: &str) -> Resource {
-    let text = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{a: b}}}}\n");
+    let text =
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{a: b}}}}\n");
     load_yaml(None, &text).resources.remove(0)
 }
 
@@ -19,14 +20,20 @@ async fn subscriber_sees_initial_state_then_changes() {
     let mut sub = store.subscribe();
     let first = sub.next().await.unwrap();
     assert_eq!(first.snapshot.len(), 2);
-    assert_eq!(first.changes, vec![Change::Added(key("one")), Change::Added(key("two"))]);
+    assert_eq!(
+        first.changes,
+        vec![Change::Added(key("one")), Change::Added(key("two"))]
+    );
 
     let mut edited = ns("two");
     edited.meta_mut().labels = Some([("a".to_string(), "c".to_string())].into());
     store.replace_origin("a.yaml", vec![ns("one"), edited, ns("three")]);
     let next = sub.next().await.unwrap();
     assert_eq!(next.snapshot.version(), 2);
-    assert_eq!(next.changes, vec![Change::Added(key("three")), Change::Updated(key("two"))]);
+    assert_eq!(
+        next.changes,
+        vec![Change::Added(key("three")), Change::Updated(key("two"))]
+    );
 
     store.remove_origin("a.yaml");
     let last = sub.next().await.unwrap();
