@@ -4,7 +4,7 @@ use std::fmt;
 
 /// One problem with one input, located as precisely as we know:
 /// `<file>:<document #>: <Kind> <ns>/<name>: <field path>: <message>`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 pub struct LoadError {
     /// File (or other origin) the object came from.
     pub file: Option<String>,

@@ -1,1 +1,87 @@
-fn main() {}
+//! `isthmus`: one binary for every Isthmus component and tool.
+//!
+//! Component subcommands (`control-plane`, `sidecar`, `gateway`, `dns`,
+//! `federation`) arrive with their crates; the tools here work today.
+
+#![forbid(unsafe_code)]
+
+mod validate;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Isthmus: multicluster service-mesh federation.
+#[derive(Debug, Parser)]
+#[command(name = "isthmus", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check resource files (Istio YAML, MeshFederation, ServiceExport, core kinds).
+    ///
+    /// Exits 0 when everything is valid, 1 listing every error otherwise.
+    Validate {
+        /// Files or directories (searched recursively for *.yaml / *.yml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the CustomResourceDefinitions of every custom kind Isthmus reads.
+    Crds,
+    /// Print the version.
+    Version {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Validate { paths, json } => validate::run(&paths, json, &mut out),
+        Command::Crds => {
+            out.write_all(isthmus_api::crds::to_yaml().as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version { json } => {
+            let version = env!("CARGO_PKG_VERSION");
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "name": "isthmus", "version": version })
+                )?;
+            } else {
+                writeln!(out, "isthmus {version}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use scan::{ScanReport, Scanner};
+pub use scan::{ScanReport, Scanner, is_config_file};
 pub use writer::{DirWriter, GENERATED_DIR};
 
 use crate::source::{ConfigSource, ConfigWriter, SourceError};

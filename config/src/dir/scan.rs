@@ -116,7 +116,7 @@ fn load_file(origin: &str, text: &Result<String, String>) -> isthmus_api::load::
 }
 
 /// Whether a path is a YAML file we read (hidden and temporary files are skipped).
-pub(crate) fn is_config_file(path: &Path) -> bool {
+pub fn is_config_file(path: &Path) -> bool {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
