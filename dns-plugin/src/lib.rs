@@ -1,1 +1,3 @@
-//! placeholder
+//! Isthmus DNS server for `.global` and `clusterset.local` names.
+//!
+//! Not built yet (issue 6).

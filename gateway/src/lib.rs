@@ -1,1 +1,3 @@
-//! placeholder
+//! Isthmus east-west gateway: SNI passthrough to exported services only.
+//!
+//! Not built yet (issue 5).

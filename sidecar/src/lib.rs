@@ -1,1 +1,3 @@
-//! placeholder
+//! Isthmus sidecar proxy: xDS-driven HTTP/gRPC/TCP proxy with mTLS.
+//!
+//! Not built yet (issue 4).
