@@ -69,7 +69,7 @@ pub fn load_yaml(origin: Option<&str>, text: &str) -> Loaded {
                 continue;
             }
         };
-        match load_value(value) {
+        match load_value(value.clone()).and_then(|r| no_dropped_fields(&value, r)) {
             Ok(resource) => {
                 let key = resource.key();
                 if seen.insert(key.clone()) {
@@ -175,6 +175,62 @@ pub fn load_value(mut value: Value) -> Result<Resource, Vec<LoadError>> {
             .into_iter()
             .map(|e| e.into_load_error(&key))
             .collect())
+    }
+}
+
+/// Core kinds come from k8s-openapi, whose types ignore unknown fields. In a
+/// file, a field that does not survive the round trip is a typo: report it.
+/// (Objects from an API server are not checked this way: a newer server may
+/// legitimately send fields our k8s-openapi version does not know.)
+fn no_dropped_fields(input: &Value, resource: Resource) -> Result<Resource, Vec<LoadError>> {
+    if resource.kind().is_custom() {
+        return Ok(resource);
+    }
+    let mut dropped = Vec::new();
+    find_dropped(input, &resource.to_value(), String::new(), &mut dropped);
+    // Cluster-scoped kinds lose their namespace on purpose.
+    dropped.retain(|p| p != "metadata.namespace");
+    if dropped.is_empty() {
+        return Ok(resource);
+    }
+    let key = resource.key();
+    Err(dropped
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .rsplit(['.', ']'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            LoadError::new(format!("unknown field `{name}`"))
+                .with_field(path)
+                .with_resource(&key)
+        })
+        .collect())
+}
+
+fn find_dropped(input: &Value, output: &Value, path: String, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    Some(ov) => find_dropped(v, ov, p, out),
+                    None if !v.is_null() => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) if i.len() == o.len() => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                find_dropped(iv, ov, format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -156,3 +156,17 @@ fn resources_round_trip_through_json() {
     let again = load_value(r.to_value()).expect("round trip");
     assert_eq!(&again, r);
 }
+
+#[test]
+fn typo_in_a_core_kind_file_is_named() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: hw, namespace: sample}\nspec:\n  selector: {app: hw}\n  ports:\n  - port: 5000\n    targetPort: http\n    nmae: http\n";
+    let loaded = load_yaml(Some("svc.yaml"), text);
+    let msgs: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        msgs,
+        ["svc.yaml:1: Service sample/hw: spec.ports[0].nmae: unknown field `nmae`"]
+    );
+    // Objects from an API server may carry fields newer than our k8s-openapi: accepted.
+    let value: Value = serde_yaml_ng::from_str(text).unwrap();
+    assert!(load_value(value).is_ok());
+}

@@ -7,8 +7,8 @@ use super::{Ctx, subset_name};
 use crate::naming::{self, Locality, LocalityPattern};
 use crate::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, GatewaySpec,
-    LocalityLbSetting, OutlierDetection, Resolution, ServerTlsMode, ServiceEntrySpec,
-    TrafficPolicy, WorkloadEntrySpec,
+    LoadBalancerSettings, LocalityLbSetting, OutlierDetection, Resolution, ServerTlsMode,
+    ServiceEntrySpec, TrafficPolicy, WorkloadEntrySpec,
 };
 
 /// Port protocols Isthmus knows (case-insensitive, as Istio).
@@ -49,20 +49,13 @@ pub(super) fn destination_rule(cx: &mut Ctx, spec: &DestinationRuleSpec) {
 }
 
 fn traffic_policy(cx: &mut Ctx, tp: &TrafficPolicy) {
-    if let Some(lb) = &tp.load_balancer
-        && let Some(l) = &lb.locality_lb_setting
-    {
-        cx.field("loadBalancer.localityLbSetting", |cx| locality_lb(cx, l));
-    }
-    if let Some(cp) = &tp.connection_pool {
-        cx.field("connectionPool", |cx| connection_pool(cx, cp));
-    }
-    if let Some(od) = &tp.outlier_detection {
-        cx.field("outlierDetection", |cx| outlier_detection(cx, od));
-    }
-    if let Some(tls) = &tp.tls {
-        cx.field("tls", |cx| client_tls(cx, tls));
-    }
+    policy_parts(
+        cx,
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
+    );
     let mut ports = BTreeSet::new();
     cx.each("portLevelSettings", &tp.port_level_settings, |cx, p| {
         match &p.port {
@@ -74,21 +67,36 @@ fn traffic_policy(cx: &mut Ctx, tp: &TrafficPolicy) {
                 }
             }),
         }
-        if let Some(lb) = &p.load_balancer
-            && let Some(l) = &lb.locality_lb_setting
-        {
-            cx.field("loadBalancer.localityLbSetting", |cx| locality_lb(cx, l));
-        }
-        if let Some(cp) = &p.connection_pool {
-            cx.field("connectionPool", |cx| connection_pool(cx, cp));
-        }
-        if let Some(od) = &p.outlier_detection {
-            cx.field("outlierDetection", |cx| outlier_detection(cx, od));
-        }
-        if let Some(tls) = &p.tls {
-            cx.field("tls", |cx| client_tls(cx, tls));
-        }
+        policy_parts(
+            cx,
+            p.load_balancer.as_ref(),
+            p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
+            p.tls.as_ref(),
+        );
     });
+}
+
+/// The parts a traffic policy and a port-level policy share.
+fn policy_parts(
+    cx: &mut Ctx,
+    lb: Option<&LoadBalancerSettings>,
+    cp: Option<&ConnectionPoolSettings>,
+    od: Option<&OutlierDetection>,
+    tls: Option<&ClientTlsSettings>,
+) {
+    if let Some(l) = lb.and_then(|lb| lb.locality_lb_setting.as_ref()) {
+        cx.field("loadBalancer.localityLbSetting", |cx| locality_lb(cx, l));
+    }
+    if let Some(cp) = cp {
+        cx.field("connectionPool", |cx| connection_pool(cx, cp));
+    }
+    if let Some(od) = od {
+        cx.field("outlierDetection", |cx| outlier_detection(cx, od));
+    }
+    if let Some(tls) = tls {
+        cx.field("tls", |cx| client_tls(cx, tls));
+    }
 }
 
 /// `distribute` and `failover` may appear together (Istio rejects that; we order
