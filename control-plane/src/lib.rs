@@ -1,4 +1,10 @@
-//! Isthmus control plane: service registry, Envoy v3 xDS over ADS, cluster CA.
+//! The Isthmus control plane: the brain of one cluster.
 //!
-//! Not built yet (issue 3). It will subscribe to the `isthmus-config` store
-//! and serve sidecars, gateways and the DNS server.
+//! Data flows one way: the `isthmus-config` [`Store`](isthmus_config::Store)
+//! → [`registry`] (services and endpoints) → per-proxy xDS generation
+//! ([`xds`]) → the ADS server → sidecars, gateways and the DNS server. The
+//! cluster CA ([`ca`]) signs workload certificates.
+
+pub mod ca;
+pub mod registry;
+pub mod xds;

@@ -1,0 +1,1 @@
+//! ADS server (in progress).
