@@ -1,0 +1,311 @@
+//! The service registry: every service this cluster can route to, with
+//! every endpoint's cluster, network, locality, labels, identity and health.
+//!
+//! Built from one store [`Snapshot`] (so it is always consistent) by
+//! [`Registry::build`]. Sources: Kubernetes Services + EndpointSlices +
+//! Pods + Nodes ([`kubernetes`]), ServiceEntries and WorkloadEntries
+//! ([`service_entry`]). Hosts under `.global` / `.svc.clusterset.local`
+//! (written by the federation controller) also get this cluster's own
+//! endpoints of the same service, so the global name works locally too.
+
+mod kubernetes;
+mod service_entry;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use isthmus_api::naming::{HostKind, Locality, ServiceName};
+use isthmus_api::{Kind, Resource};
+use isthmus_config::Snapshot;
+
+/// Label naming the cluster an endpoint runs in.
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+/// Label naming the network an endpoint is reachable on.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+/// Node/pod labels that give locality.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+
+/// Where this control plane runs: what "local" means for endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterContext {
+    pub cluster: String,
+    pub network: String,
+    /// Kubernetes cluster domain (`cluster.local`).
+    pub domain: String,
+}
+
+impl Default for ClusterContext {
+    fn default() -> Self {
+        Self {
+            cluster: "cluster-1".into(),
+            network: String::new(),
+            domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// Application protocol of a port, chosen as Istio does (port name prefix or appProtocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+}
+
+impl Protocol {
+    /// From an Istio protocol name or port-name prefix (`http-web`, `grpc`, `TCP`).
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        let prefix = name
+            .split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        Some(match prefix.as_str() {
+            "http" => Protocol::Http,
+            "http2" | "h2c" => Protocol::Http2,
+            "grpc" | "grpc-web" => Protocol::Grpc,
+            "https" => Protocol::Https,
+            "tls" => Protocol::Tls,
+            "tcp" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
+            _ => return None,
+        })
+    }
+
+    /// Whether the sidecar routes this port as HTTP (HTTP connection manager).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Whether a service is part of the mesh (mTLS between sidecars) or outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshLocation {
+    Internal,
+    External,
+}
+
+/// How endpoints of a service are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Endpoints are IP addresses known to the control plane (EDS).
+    Static,
+    /// Endpoints are DNS names the proxy resolves.
+    Dns,
+    /// No endpoints: traffic goes to the address the caller dialed.
+    Passthrough,
+}
+
+/// One service, keyed by hostname.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// `reviews.default.svc.cluster.local`, `api.example.com`, `reviews.default.global`.
+    pub hostname: String,
+    pub namespace: String,
+    /// The Kubernetes-style name, when the host is one (`reviews` in `default`).
+    pub name: Option<ServiceName>,
+    pub ports: Vec<ServicePort>,
+    /// Virtual IPs (cluster IP, ServiceEntry addresses).
+    pub addresses: Vec<IpAddr>,
+    pub location: MeshLocation,
+    pub resolution: Resolution,
+    /// A ServiceExport exists for it (only these cross to other clusters).
+    pub exported: bool,
+    pub endpoints: Vec<Endpoint>,
+    /// `Kind ns/name` of the resources it was built from.
+    pub sources: Vec<String>,
+}
+
+impl Service {
+    /// The port with this number.
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+}
+
+/// One instance behind a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// IP address, or a DNS name for DNS resolution.
+    pub address: String,
+    /// Service port name → the port this endpoint listens on.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub cluster: String,
+    pub network: String,
+    pub locality: Locality,
+    pub service_account: String,
+    pub healthy: bool,
+    /// Load-balancing weight (1 unless set by a WorkloadEntry).
+    pub weight: u32,
+    /// Pod or WorkloadEntry name.
+    pub workload: String,
+}
+
+impl Endpoint {
+    /// The port this endpoint serves `port` on.
+    pub fn port_for(&self, port: &ServicePort) -> u16 {
+        self.ports.get(&port.name).copied().unwrap_or(port.port)
+    }
+
+    /// Whether the endpoint carries every label of `selector`.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// All services, plus what could not be used and why.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    services: BTreeMap<String, Arc<Service>>,
+    /// Problems met while building (resource named), logged and skipped.
+    pub warnings: Vec<String>,
+}
+
+impl Registry {
+    /// Builds the registry from a consistent snapshot.
+    pub fn build(snapshot: &Snapshot, ctx: &ClusterContext) -> Registry {
+        let mut b = Builder {
+            ctx,
+            snapshot,
+            services: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
+        kubernetes::add_services(&mut b);
+        service_entry::add_service_entries(&mut b);
+        b.merge_local_into_global();
+        b.mark_exported();
+        for w in &b.warnings {
+            tracing::warn!(warning = %w, "registry");
+        }
+        Registry {
+            services: b
+                .services
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+            warnings: b.warnings,
+        }
+    }
+
+    /// The service with this hostname (case-insensitive).
+    pub fn service(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.services.get(&hostname.to_ascii_lowercase())
+    }
+
+    /// Every service, ordered by hostname.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// True when there are no services.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+/// Accumulates services while a registry is built.
+pub(crate) struct Builder<'a> {
+    pub(crate) ctx: &'a ClusterContext,
+    pub(crate) snapshot: &'a Snapshot,
+    pub(crate) services: BTreeMap<String, Service>,
+    pub(crate) warnings: Vec<String>,
+}
+
+impl<'a> Builder<'a> {
+    /// Adds a service, merging ports and endpoints into one already defined for the host.
+    pub(crate) fn add(&mut self, service: Service) {
+        match self.services.get_mut(&service.hostname) {
+            Some(existing) => {
+                for p in service.ports {
+                    if existing.port(p.port).is_none() {
+                        existing.ports.push(p);
+                    }
+                }
+                existing.addresses.extend(service.addresses);
+                existing.endpoints.extend(service.endpoints);
+                existing.sources.extend(service.sources);
+            }
+            None => {
+                self.services.insert(service.hostname.clone(), service);
+            }
+        }
+    }
+
+    /// `.global` and clusterset hosts also get this cluster's own endpoints of the service.
+    fn merge_local_into_global(&mut self) {
+        let globals: Vec<(String, ServiceName)> = self
+            .services
+            .keys()
+            .filter_map(|h| match ServiceName::from_host(h) {
+                Some((name, HostKind::Global | HostKind::ClusterSet)) => Some((h.clone(), name)),
+                _ => None,
+            })
+            .collect();
+        for (host, name) in globals {
+            let local_host = format!("{}.{}.svc.{}", name.name, name.namespace, self.ctx.domain);
+            let Some(local) = self.services.get(&local_host) else {
+                continue;
+            };
+            let local_eps: Vec<Endpoint> = local
+                .endpoints
+                .iter()
+                .filter(|e| e.cluster == self.ctx.cluster)
+                .cloned()
+                .collect();
+            let local_ports = local.ports.clone();
+            if let Some(global) = self.services.get_mut(&host) {
+                // The imported entry may not know a port name the local service uses: map by number.
+                for mut ep in local_eps {
+                    for gp in &global.ports {
+                        if let Some(lp) = local_ports.iter().find(|lp| lp.port == gp.port) {
+                            let target = ep.ports.get(&lp.name).copied().unwrap_or(lp.port);
+                            ep.ports.insert(gp.name.clone(), target);
+                        }
+                    }
+                    global.endpoints.push(ep);
+                }
+            }
+        }
+    }
+
+    fn mark_exported(&mut self) {
+        for export in self.snapshot.of_kind(Kind::ServiceExport) {
+            let key = export.key();
+            let host = format!("{}.{}.svc.{}", key.name, key.namespace, self.ctx.domain);
+            match self.services.get_mut(&host) {
+                Some(s) => s.exported = true,
+                None => self.warnings.push(format!(
+                    "ServiceExport {}/{}: no Service {host} to export",
+                    key.namespace, key.name
+                )),
+            }
+        }
+    }
+
+    /// Resources of one kind.
+    pub(crate) fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
+        self.snapshot.of_kind(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests;
