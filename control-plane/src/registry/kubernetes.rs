@@ -135,6 +135,7 @@ pub(super) fn add_services(b: &mut Builder<'_>) {
             location: MeshLocation::Internal,
             resolution: Resolution::Static,
             exported: false,
+            export_to: Vec::new(),
             endpoints,
             sources: vec![format!("Service {ns}/{name}")],
         });
@@ -197,28 +198,31 @@ impl EndpointContext<'_> {
                         .unwrap_or_default(),
                     subzone: label(SUBZONE_LABEL).unwrap_or_default(),
                 };
-                Some(Endpoint {
-                    address,
-                    ports: ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    cluster: pod_labels
-                        .get(CLUSTER_LABEL)
-                        .cloned()
-                        .unwrap_or_else(|| self.cluster.cluster.clone()),
-                    network: pod_labels
-                        .get(NETWORK_LABEL)
-                        .cloned()
-                        .unwrap_or_else(|| self.cluster.network.clone()),
-                    locality,
-                    service_account: pod
-                        .and_then(|p| p.spec.as_ref()?.service_account_name.clone())
-                        .unwrap_or_else(|| "default".into()),
-                    healthy,
-                    weight: 1,
-                    workload: pod
-                        .and_then(|p| p.metadata.name.clone())
-                        .unwrap_or_default(),
-                    labels: pod_labels,
-                })
+                Some(
+                    Endpoint {
+                        address,
+                        ports: ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                        cluster: pod_labels
+                            .get(CLUSTER_LABEL)
+                            .cloned()
+                            .unwrap_or_else(|| self.cluster.cluster.clone()),
+                        network: pod_labels
+                            .get(NETWORK_LABEL)
+                            .cloned()
+                            .unwrap_or_else(|| self.cluster.network.clone()),
+                        locality,
+                        service_account: pod
+                            .and_then(|p| p.spec.as_ref()?.service_account_name.clone())
+                            .unwrap_or_else(|| "default".into()),
+                        healthy,
+                        weight: 1,
+                        workload: pod
+                            .and_then(|p| p.metadata.name.clone())
+                            .unwrap_or_default(),
+                        labels: pod_labels,
+                    }
+                    .with_topology_labels(),
+                )
             })
             .collect()
     }

@@ -124,6 +124,8 @@ pub struct Service {
     pub resolution: Resolution,
     /// A ServiceExport exists for it (only these cross to other clusters).
     pub exported: bool,
+    /// Namespaces that may use it (ServiceEntry `exportTo`; empty = all).
+    pub export_to: Vec<String>,
     pub endpoints: Vec<Endpoint>,
     /// `Kind ns/name` of the resources it was built from.
     pub sources: Vec<String>,
@@ -156,6 +158,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Adds the implicit topology labels (`topology.istio.io/cluster`, `.../network`)
+    /// so DestinationRule subsets can select by cluster, as in Istio.
+    pub(crate) fn with_topology_labels(mut self) -> Self {
+        self.labels
+            .entry(CLUSTER_LABEL.to_string())
+            .or_insert_with(|| self.cluster.clone());
+        if !self.network.is_empty() {
+            self.labels
+                .entry(NETWORK_LABEL.to_string())
+                .or_insert_with(|| self.network.clone());
+        }
+        self
+    }
+
     /// The port this endpoint serves `port` on.
     pub fn port_for(&self, port: &ServicePort) -> u16 {
         self.ports.get(&port.name).copied().unwrap_or(port.port)

@@ -106,6 +106,7 @@ pub(super) fn add_service_entries(b: &mut Builder<'_>) {
                 location,
                 resolution,
                 exported: false,
+                export_to: spec.export_to.clone(),
                 endpoints: endpoints.clone(),
                 sources: vec![format!("ServiceEntry {ns}/{name}")],
             });
@@ -177,4 +178,5 @@ pub(super) fn workload_entry_endpoint(
         workload: name.to_string(),
         labels,
     }
+    .with_topology_labels()
 }

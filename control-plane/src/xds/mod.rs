@@ -5,6 +5,8 @@
 //! [`ConfigState`] (swapped atomically when config changes) and asks it for
 //! each proxy's resources of each type.
 
+pub mod generate;
+pub mod json;
 pub mod proxy;
 pub mod server;
 

@@ -1,0 +1,329 @@
+//! CDS: one cluster per service port (and per DestinationRule subset), named
+//! `outbound|<port>|<subset>|<host>`, plus the sidecar's inbound clusters and
+//! the passthrough/blackhole clusters.
+//!
+//! SNI for cross-network hops rides on the cluster, not per endpoint: a
+//! cluster is exactly one (port, subset, host), which is exactly what the
+//! SNI `outbound_.<port>_.<subset>_.<host>` names, so every endpoint of the
+//! cluster — a local pod or a remote gateway — gets the same SNI. The remote
+//! gateway routes on it; a local sidecar ignores it. Per-endpoint SNI would
+//! need one transport socket match per endpoint for no gain.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
+    circuit_breakers::Thresholds,
+    cluster::{
+        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,
+        common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
+    },
+};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, SocketAddress, address, socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    },
+};
+use isthmus_api::naming::{Sni, SpiffeId};
+use isthmus_api::networking::{ClientTlsMode, SimpleLb};
+
+use super::{EffectivePolicy, PushContext, cluster_name, duration, resource, tls, u32_value};
+use crate::registry::{MeshLocation, Protocol, Resolution, Service, ServicePort};
+use crate::xds::{ProxyInfo, XdsResource};
+
+/// Name of the cluster for traffic to addresses Isthmus does not know.
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+/// Name of the cluster that drops traffic.
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+/// Connect timeout when no DestinationRule sets one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every cluster a sidecar needs.
+pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
+    let mut out = Vec::new();
+    for svc in pc.registry.services() {
+        if !super::visible(&svc.export_to, Some(&svc.namespace), &proxy.namespace) {
+            continue;
+        }
+        let dr = pc.destination_rule(&svc.hostname, &proxy.namespace, &svc.namespace);
+        let subsets: Vec<Option<&str>> = std::iter::once(None)
+            .chain(
+                dr.iter()
+                    .flat_map(|d| d.spec.subsets.iter().map(|s| Some(s.name.as_str()))),
+            )
+            .collect();
+        for port in &svc.ports {
+            for subset in &subsets {
+                let policy = EffectivePolicy::resolve(dr, port.port, *subset);
+                out.push(resource(
+                    cluster_name(port.port, *subset, &svc.hostname),
+                    outbound(pc, svc, port, *subset, &policy),
+                ));
+            }
+        }
+    }
+    out.extend(inbound(pc, proxy));
+    out.push(resource(PASSTHROUGH, passthrough()));
+    out.push(resource(
+        BLACKHOLE,
+        Cluster {
+            name: BLACKHOLE.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+            connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+            ..Cluster::default()
+        },
+    ));
+    out
+}
+
+/// One outbound cluster.
+pub fn outbound(
+    pc: &PushContext,
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&str>,
+    policy: &EffectivePolicy<'_>,
+) -> Cluster {
+    let name = cluster_name(port.port, subset, &svc.hostname);
+    let mut c = base(&name, policy);
+    match svc.resolution {
+        Resolution::Static => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+            c.eds_cluster_config = Some(EdsClusterConfig {
+                eds_config: Some(super::ads()),
+                service_name: name.clone(),
+            });
+        }
+        Resolution::Dns => {
+            c.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            c.load_assignment = Some(dns_assignment(&name, svc, port));
+        }
+        Resolution::Passthrough => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+        }
+    }
+    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+        c.typed_extension_protocol_options = http2_options();
+    }
+    let mtls = match policy.tls.and_then(|t| t.mode) {
+        Some(ClientTlsMode::Disable) => false,
+        Some(ClientTlsMode::IstioMutual) => true,
+        _ => svc.location == MeshLocation::Internal && svc.resolution != Resolution::Passthrough,
+    };
+    if mtls {
+        let sans = match policy
+            .tls
+            .map(|t| &t.subject_alt_names)
+            .filter(|s| !s.is_empty())
+        {
+            Some(explicit) => explicit.clone(),
+            None => expected_identities(pc, svc),
+        };
+        let sni = policy
+            .tls
+            .and_then(|t| t.sni.clone())
+            .or_else(|| {
+                Sni::new(port.port, subset, &svc.hostname)
+                    .ok()
+                    .map(|s| s.to_string())
+            })
+            .unwrap_or_default();
+        c.transport_socket = Some(tls::upstream(&sans, &sni));
+    }
+    c
+}
+
+/// The SPIFFE IDs the endpoints of a service may present.
+fn expected_identities(pc: &PushContext, svc: &Service) -> Vec<String> {
+    let ids: BTreeSet<String> = svc
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            SpiffeId::new(
+                pc.trust_domain_of(&e.cluster),
+                &svc.namespace,
+                &e.service_account,
+            )
+            .ok()
+        })
+        .map(|id| id.to_string())
+        .collect();
+    ids.into_iter().collect()
+}
+
+/// Timeouts, balancing, circuit breaking and outlier detection from the policy.
+fn base(name: &str, policy: &EffectivePolicy<'_>) -> Cluster {
+    let tcp = policy.connection_pool.and_then(|cp| cp.tcp.as_ref());
+    let http = policy.connection_pool.and_then(|cp| cp.http.as_ref());
+    let connect = tcp
+        .and_then(|t| t.connect_timeout)
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+    let lb = match policy.load_balancer.and_then(|lb| lb.simple) {
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        _ => LbPolicy::LeastRequest,
+    };
+    let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).map(u32_value);
+    let thresholds = Thresholds {
+        max_connections: positive(tcp.and_then(|t| t.max_connections)),
+        max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+        max_retries: positive(http.and_then(|h| h.max_retries)),
+        ..Thresholds::default()
+    };
+    let distribute = policy
+        .load_balancer
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+        .is_some_and(|l| !l.distribute.is_empty() && l.enabled != Some(false));
+    Cluster {
+        name: name.to_string(),
+        alt_stat_name: name.to_string(),
+        connect_timeout: Some(duration(connect)),
+        lb_policy: lb as i32,
+        circuit_breakers: (thresholds != Thresholds::default()).then(|| CircuitBreakers {
+            thresholds: vec![thresholds],
+            ..CircuitBreakers::default()
+        }),
+        outlier_detection: policy.outlier_detection.map(|od| EnvoyOutlier {
+            consecutive_5xx: od.consecutive_5xx_errors.map(u32_value),
+            consecutive_gateway_failure: od.consecutive_gateway_errors.map(u32_value),
+            enforcing_consecutive_gateway_failure: od
+                .consecutive_gateway_errors
+                .map(|_| u32_value(100)),
+            consecutive_local_origin_failure: od.consecutive_local_origin_failures.map(u32_value),
+            split_external_local_origin_errors: od
+                .split_external_local_origin_errors
+                .unwrap_or(false),
+            interval: od.interval.map(|d| duration(d.get())),
+            base_ejection_time: od.base_ejection_time.map(|d| duration(d.get())),
+            max_ejection_percent: od
+                .max_ejection_percent
+                .and_then(|v| u32::try_from(v).ok())
+                .map(u32_value),
+            ..EnvoyOutlier::default()
+        }),
+        common_lb_config: distribute.then(|| CommonLbConfig {
+            locality_config_specifier: Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                LocalityWeightedLbConfig {},
+            )),
+            ..CommonLbConfig::default()
+        }),
+        ..Cluster::default()
+    }
+}
+
+fn http2_options() -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    let opts = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..HttpProtocolOptions::default()
+    };
+    HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        envoy_types::util::pack_any(opts),
+    )])
+}
+
+fn dns_assignment(name: &str, svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
+    let lb_endpoints = svc
+        .endpoints
+        .iter()
+        .map(|e| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(&e.address, e.port_for(port))),
+                ..Endpoint::default()
+            })),
+            load_balancing_weight: Some(u32_value(e.weight.max(1))),
+            ..LbEndpoint::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    }
+}
+
+/// A TCP socket address.
+pub(crate) fn socket_address(host: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: host.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+fn passthrough() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+        ..Cluster::default()
+    }
+}
+
+/// `inbound|<port>||`: the local application, reached on loopback.
+pub fn inbound_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+/// Clusters for the proxy's own workload: one per port it serves.
+fn inbound(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
+    super::listeners::workload_ports(pc, proxy)
+        .into_iter()
+        .map(|(_, target, _)| {
+            let name = inbound_name(target);
+            resource(
+                name.clone(),
+                Cluster {
+                    name: name.clone(),
+                    cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                        DiscoveryType::Static as i32,
+                    )),
+                    connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+                    load_assignment: Some(ClusterLoadAssignment {
+                        cluster_name: name,
+                        endpoints: vec![LocalityLbEndpoints {
+                            lb_endpoints: vec![LbEndpoint {
+                                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                                    address: Some(socket_address("127.0.0.1", target)),
+                                    ..Endpoint::default()
+                                })),
+                                ..LbEndpoint::default()
+                            }],
+                            ..LocalityLbEndpoints::default()
+                        }],
+                        ..ClusterLoadAssignment::default()
+                    }),
+                    ..Cluster::default()
+                },
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,322 @@
+//! Per-proxy xDS generation from one [`PushContext`].
+//!
+//! A `PushContext` is an immutable view of the whole cluster config at one
+//! store version: the registry plus the routing and security resources
+//! indexed for lookup. It implements [`ConfigState`]: the ADS server asks it
+//! for a proxy's clusters ([`clusters`]), endpoints ([`endpoints`]),
+//! listeners ([`listeners`], [`gateway`]), routes ([`routes`]) and secrets
+//! ([`secrets`]).
+
+pub mod clusters;
+pub mod endpoints;
+pub mod gateway;
+pub mod listeners;
+mod policy;
+pub mod rbac;
+pub mod routes;
+pub mod secrets;
+mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, config_source::ConfigSourceSpecifier,
+};
+use envoy_types::pb::google::protobuf;
+use isthmus_api::networking::{DestinationRule, VirtualService};
+use isthmus_api::security::{AuthorizationPolicy, PeerAuthentication};
+use isthmus_api::{Kind, Resource};
+use isthmus_config::Snapshot;
+use prost::Name;
+
+use super::{
+    CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ProxyRole, ROUTE, SECRET,
+    XdsResource,
+};
+use crate::registry::{ClusterContext, Registry};
+
+pub use policy::EffectivePolicy;
+
+/// What the control plane knows about the mesh beyond the store.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub cluster: ClusterContext,
+    /// This cluster's SPIFFE trust domain.
+    pub trust_domain: String,
+    /// PEM roots served as the `ROOTCA` secret.
+    pub trust_bundle_pem: String,
+    /// Namespace whose policies apply mesh-wide (Istio's root namespace).
+    pub root_namespace: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            cluster: ClusterContext::default(),
+            trust_domain: "cluster.local".into(),
+            trust_bundle_pem: String::new(),
+            root_namespace: "istio-system".into(),
+        }
+    }
+}
+
+/// Everything needed to generate any proxy's config at one store version.
+#[derive(Debug)]
+pub struct PushContext {
+    pub version: u64,
+    pub mesh: MeshConfig,
+    pub registry: Registry,
+    /// Network name → east-west gateway addresses (from MeshFederation).
+    pub gateways: BTreeMap<String, Vec<SocketAddr>>,
+    /// Cluster name → trust domain (this cluster and every peer).
+    pub trust_domains: BTreeMap<String, String>,
+    pub virtual_services: Vec<Arc<Resource>>,
+    /// Destination rules by host they apply to.
+    pub destination_rules: BTreeMap<String, Vec<Arc<Resource>>>,
+    pub peer_authentications: Vec<Arc<Resource>>,
+    /// Gateway resources (AUTO_PASSTHROUGH servers pick the gateway's ports).
+    pub gateways_resources: Vec<Arc<Resource>>,
+    pub authorization_policies: Vec<Arc<Resource>>,
+    /// Problems met while indexing; each names its resource.
+    pub warnings: Vec<String>,
+}
+
+impl PushContext {
+    /// Indexes a store snapshot.
+    pub fn build(snapshot: &Snapshot, mesh: MeshConfig) -> PushContext {
+        let registry = Registry::build(snapshot, &mesh.cluster);
+        let mut warnings = registry.warnings.clone();
+        let mut gateways: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+        let mut trust_domains = BTreeMap::new();
+        trust_domains.insert(mesh.cluster.cluster.clone(), mesh.trust_domain.clone());
+        for r in snapshot.of_kind(Kind::MeshFederation) {
+            let Resource::MeshFederation(mf) = &**r else {
+                continue;
+            };
+            let key = r.key();
+            let mut add = |network: &str, addrs: &[String]| {
+                for a in addrs {
+                    match a.parse::<SocketAddr>() {
+                        Ok(sa) => gateways.entry(network.to_string()).or_default().push(sa),
+                        Err(_) => warnings.push(format!(
+                            "{key}: gateway address {a:?} is a hostname; hostname gateways are not resolved yet, skipped"
+                        )),
+                    }
+                }
+            };
+            add(&mf.spec.local.network, &mf.spec.local.gateway_addresses);
+            for p in &mf.spec.peers {
+                add(&p.network, &p.gateway_addresses);
+                trust_domains.insert(p.name.clone(), p.trust_domain.clone());
+            }
+        }
+        let mut destination_rules: BTreeMap<String, Vec<Arc<Resource>>> = BTreeMap::new();
+        for r in snapshot.of_kind(Kind::DestinationRule) {
+            let Resource::DestinationRule(dr) = &**r else {
+                continue;
+            };
+            let ns = dr.metadata.namespace.as_deref().unwrap_or_default();
+            let host = qualify(&dr.spec.host, ns, &mesh.cluster.domain);
+            destination_rules.entry(host).or_default().push(r.clone());
+        }
+        PushContext {
+            version: snapshot.version(),
+            registry,
+            gateways,
+            trust_domains,
+            virtual_services: snapshot.of_kind(Kind::VirtualService).cloned().collect(),
+            destination_rules,
+            peer_authentications: snapshot
+                .of_kind(Kind::PeerAuthentication)
+                .cloned()
+                .collect(),
+            gateways_resources: snapshot.of_kind(Kind::Gateway).cloned().collect(),
+            authorization_policies: snapshot
+                .of_kind(Kind::AuthorizationPolicy)
+                .cloned()
+                .collect(),
+            warnings,
+            mesh,
+        }
+    }
+
+    /// The destination rule for `host` as seen from `namespace`: one in the
+    /// caller's namespace wins, then one in the service's namespace, then any.
+    pub fn destination_rule(
+        &self,
+        host: &str,
+        caller_ns: &str,
+        service_ns: &str,
+    ) -> Option<&DestinationRule> {
+        let rules = self.destination_rules.get(host)?;
+        let pick = |ns: &str| {
+            rules.iter().find_map(|r| match &**r {
+                Resource::DestinationRule(dr) if dr.metadata.namespace.as_deref() == Some(ns) => {
+                    Some(dr)
+                }
+                _ => None,
+            })
+        };
+        pick(caller_ns).or_else(|| pick(service_ns)).or_else(|| {
+            rules.iter().find_map(|r| match &**r {
+                Resource::DestinationRule(dr)
+                    if visible(
+                        &dr.spec.export_to,
+                        dr.metadata.namespace.as_deref(),
+                        caller_ns,
+                    ) =>
+                {
+                    Some(dr)
+                }
+                _ => None,
+            })
+        })
+    }
+
+    /// VirtualServices visible from `namespace`.
+    pub fn virtual_services_for<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a VirtualService> + 'a {
+        self.virtual_services
+            .iter()
+            .filter_map(move |r| match &**r {
+                Resource::VirtualService(vs)
+                    if visible(
+                        &vs.spec.export_to,
+                        vs.metadata.namespace.as_deref(),
+                        namespace,
+                    ) =>
+                {
+                    Some(vs)
+                }
+                _ => None,
+            })
+    }
+
+    /// PeerAuthentications and AuthorizationPolicies as typed slices.
+    pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
+        self.peer_authentications.iter().filter_map(|r| match &**r {
+            Resource::PeerAuthentication(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// AuthorizationPolicies.
+    pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.authorization_policies
+            .iter()
+            .filter_map(|r| match &**r {
+                Resource::AuthorizationPolicy(p) => Some(p),
+                _ => None,
+            })
+    }
+
+    /// Trust domain of the cluster an endpoint runs in.
+    pub fn trust_domain_of(&self, cluster: &str) -> &str {
+        self.trust_domains
+            .get(cluster)
+            .map_or(self.mesh.trust_domain.as_str(), String::as_str)
+    }
+}
+
+impl ConfigState for PushContext {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn generate(
+        &self,
+        proxy: &ProxyInfo,
+        type_url: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<Vec<XdsResource>, GenerateError> {
+        let out = match (type_url, proxy.role) {
+            (CLUSTER, ProxyRole::Sidecar) => clusters::sidecar(self, proxy),
+            (CLUSTER, ProxyRole::Gateway) => gateway::clusters(self, proxy),
+            (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => {
+                endpoints::generate(self, proxy, names)
+            }
+            (LISTENER, ProxyRole::Sidecar) => listeners::sidecar(self, proxy),
+            (LISTENER, ProxyRole::Gateway) => gateway::listeners(self, proxy),
+            (ROUTE, ProxyRole::Sidecar) => routes::generate(self, proxy, names),
+            (SECRET, _) => secrets::generate(self, proxy, names),
+            (CLUSTER | ENDPOINT | LISTENER | ROUTE, _) => Vec::new(),
+            (other, _) => return Err(GenerateError::UnknownType(other.to_string())),
+        };
+        Ok(out)
+    }
+}
+
+/// Whether an object in `owner_ns` with `export_to` is visible from `namespace`.
+pub(crate) fn visible(export_to: &[String], owner_ns: Option<&str>, namespace: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == namespace || (e == "." && owner_ns == Some(namespace)))
+}
+
+/// Expands a short host (`reviews`) relative to a namespace; dotted hosts are taken as written.
+pub fn qualify(host: &str, namespace: &str, domain: &str) -> String {
+    if host.contains('.') || host == "*" {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}.{namespace}.svc.{domain}", host.to_ascii_lowercase())
+    }
+}
+
+/// `outbound|<port>|<subset>|<host>`: the name of a sidecar cluster.
+pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
+}
+
+/// Splits a cluster name made by [`cluster_name`].
+pub fn parse_cluster_name(name: &str) -> Option<(u16, Option<&str>, &str)> {
+    let mut parts = name.splitn(4, '|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let subset = parts.next().filter(|s| !s.is_empty());
+    Some((port, subset, parts.next()?))
+}
+
+/// Packs a message as a named xDS resource.
+pub(crate) fn resource<T: Name + prost::Message>(name: impl Into<String>, msg: T) -> XdsResource {
+    XdsResource {
+        name: name.into(),
+        resource: envoy_types::util::pack_any(msg),
+    }
+}
+
+/// The config source that means "over the same ADS stream".
+pub(crate) fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..ConfigSource::default()
+    }
+}
+
+/// A protobuf duration.
+pub(crate) fn duration(d: std::time::Duration) -> protobuf::Duration {
+    protobuf::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A protobuf UInt32 wrapper.
+pub(crate) fn u32_value(v: u32) -> protobuf::UInt32Value {
+    protobuf::UInt32Value { value: v }
+}
+
+/// A protobuf Bool wrapper.
+pub(crate) fn bool_value(v: bool) -> protobuf::BoolValue {
+    protobuf::BoolValue { value: v }
+}
+
+#[cfg(test)]
+mod tests;
