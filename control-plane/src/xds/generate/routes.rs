@@ -244,7 +244,6 @@ fn string_matcher(m: &StringMatch, ignore_case: bool) -> Option<StringMatcher> {
     Some(StringMatcher {
         match_pattern: Some(pattern),
         ignore_case,
-        ..StringMatcher::default()
     })
 }
 
@@ -456,7 +455,6 @@ fn fault(hr: &HttpRoute) -> HashMap<String, envoy_types::pb::google::protobuf::A
                     d.fixed_delay?.get(),
                 ))),
                 percentage: percent(d.percentage.as_ref()),
-                ..FaultDelay::default()
             })
         }),
         abort: f.abort.as_ref().map(|a| FaultAbort {
