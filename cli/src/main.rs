@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod control_plane;
 mod validate;
 
 use std::io::Write;
@@ -36,6 +37,21 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions of every custom kind Isthmus reads.
     Crds,
+    /// Run this cluster's control plane (service registry, xDS, CA).
+    ControlPlane(Box<control_plane::ControlPlaneArgs>),
+    /// Show the xDS config the control plane last sent to a proxy.
+    ProxyConfig {
+        /// What to show.
+        kind: control_plane::ConfigKind,
+        /// The proxy's node id (`sidecar~<ip>~<workload>.<ns>~<ns>.svc.cluster.local`).
+        proxy: String,
+        /// The control plane's debug address (host:port, default port 15014).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        control_plane: String,
+        /// Print the full resources as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version {
         /// Print JSON.
@@ -66,6 +82,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Validate { paths, json } => validate::run(&paths, json, &mut out),
+        Command::ControlPlane(args) => control_plane::run(*args),
+        Command::ProxyConfig {
+            kind,
+            proxy,
+            control_plane,
+            json,
+        } => control_plane::proxy_config(kind, &proxy, &control_plane, json, &mut out),
         Command::Crds => {
             out.write_all(isthmus_api::crds::to_yaml().as_bytes())?;
             Ok(ExitCode::SUCCESS)

@@ -95,3 +95,98 @@ fn version_prints() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
 }
+
+/// Kills the child on drop so a failing test leaves nothing running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn control_plane_process_serves_debug_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(&tokens, "t: {namespace: sample, serviceAccount: sleep}\n").unwrap();
+    let (xds, debug) = (free_port(), free_port());
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args([
+                "control-plane",
+                "--cluster",
+                "east",
+                "--trust-domain",
+                "east.isthmus.local",
+            ])
+            .arg("--config-dir")
+            .arg(fixtures("valid"))
+            .arg("--bootstrap-tokens")
+            .arg(&tokens)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{xds}"),
+                "--debug-listen",
+                &format!("127.0.0.1:{debug}"),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cp = format!("127.0.0.1:{debug}");
+    let mut out = None;
+    for _ in 0..100 {
+        let o = isthmus(&[
+            "proxy-config",
+            "clusters",
+            "sidecar~~nobody.sample~sample.svc.cluster.local",
+            "--control-plane",
+            &cp,
+        ]);
+        if String::from_utf8_lossy(&o.stderr).contains("no connected proxy") {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = out.expect("control plane answered");
+    assert_eq!(out.status.code(), Some(1));
+
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "did not drain in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn control_plane_needs_a_config_source() {
+    let out = isthmus(&["control-plane", "--cluster", "east"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config-dir"));
+}

@@ -6,5 +6,8 @@
 //! cluster CA ([`ca`]) signs workload certificates.
 
 pub mod ca;
+pub mod controller;
+pub mod debug;
 pub mod registry;
+pub mod run;
 pub mod xds;

@@ -24,6 +24,8 @@
 //! - `dryRun=All`, `metadata.resourceVersion` preconditions (`409 Conflict`),
 //!   `generateName`, and finalizers (deleting an object with finalizers only sets
 //!   `deletionTimestamp`; removing the last finalizer then deletes it).
+//! - `POST` of an `authentication.k8s.io/v1` TokenReview, answered from the tokens given to
+//!   [`FakeApiServer::set_token_reviews`] (see [`FakeToken`]).
 //!
 //! Errors are Kubernetes `Status` objects; unknown paths get a `404` `Status`.
 
@@ -32,6 +34,7 @@ mod rest;
 mod route;
 mod server;
 mod store;
+mod token_review;
 mod watch;
 
 use std::net::SocketAddr;
@@ -44,6 +47,7 @@ use tokio::task::JoinHandle;
 
 pub use objects::ApiError;
 use store::{Signal, Store};
+pub use token_review::FakeToken;
 
 /// How a watch request from a compacted (too old) resourceVersion is answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -109,6 +113,8 @@ struct Shared {
     requests: Mutex<Vec<RequestRecord>>,
     open_watches: Arc<AtomicUsize>,
     expired_response: Mutex<ExpiredWatchResponse>,
+    /// Tokens answered by TokenReview creates, once set (see `token_review`).
+    token_reviews: Mutex<Option<std::collections::HashMap<String, FakeToken>>>,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not cascade).

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::objects::{ApiError, Filter};
 use super::route::{Query, Route, classify, route};
 use super::store::{KindInfo, Store};
+use super::token_review;
 use super::watch::{WatchOptions, gone_line, watch_stream};
 use super::{ExpiredWatchResponse, RequestRecord, Shared, lock};
 
@@ -85,6 +86,9 @@ pub(crate) async fn handle(
         .unwrap_or_default()
         .trim()
         .to_owned();
+    if let Some(review) = token_review::answer(&shared, &parts.method, parts.uri.path(), &body) {
+        return Ok(review.map_or_else(|err| error_response(&err), |obj| json_response(201, &obj)));
+    }
     let response = match route {
         Ok(route) => dispatch(
             &shared,

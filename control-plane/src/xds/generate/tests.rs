@@ -42,7 +42,10 @@ fn endpoint(locality: &str, cluster: &str, network: &str) -> Endpoint {
 fn cluster_names_round_trip() {
     let name = cluster_name(9080, Some("v1"), "reviews.default.svc.cluster.local");
     assert_eq!(name, "outbound|9080|v1|reviews.default.svc.cluster.local");
-    assert_eq!(parse_cluster_name(&name), Some((9080, Some("v1"), "reviews.default.svc.cluster.local")));
+    assert_eq!(
+        parse_cluster_name(&name),
+        Some((9080, Some("v1"), "reviews.default.svc.cluster.local"))
+    );
     assert_eq!(parse_cluster_name("outbound|80||a"), Some((80, None, "a")));
     assert_eq!(parse_cluster_name("inbound|80||"), None);
     assert_eq!(parse_cluster_name("outbound|x||a"), None);
@@ -52,31 +55,56 @@ fn cluster_names_round_trip() {
 fn proximity_then_failover_region_then_the_rest() {
     let p = proxy("us-east/us-east-1a/rack-1");
     let setting = LocalityLbSetting {
-        failover: vec![LocalityFailover { from: "us-east".into(), to: "eu-west".into() }],
+        failover: vec![LocalityFailover {
+            from: "us-east".into(),
+            to: "eu-west".into(),
+        }],
         ..LocalityLbSetting::default()
     };
     let prio = |loc: &str| priority(Some(&setting), &p, &endpoint(loc, "x", ""));
     assert_eq!(prio("us-east/us-east-1a/rack-1"), 0);
     assert_eq!(prio("us-east/us-east-1a/rack-2"), 1);
     assert_eq!(prio("us-east/us-east-1b"), 2);
-    assert_eq!(prio("eu-west/eu-west-1a"), 3, "the failover target comes before other regions");
+    assert_eq!(
+        prio("eu-west/eu-west-1a"),
+        3,
+        "the failover target comes before other regions"
+    );
     assert_eq!(prio("us-west/us-west-1a"), 4);
-    let disabled = LocalityLbSetting { enabled: Some(false), ..setting.clone() };
-    assert_eq!(priority(Some(&disabled), &p, &endpoint("us-west/us-west-1a", "x", "")), 0);
+    let disabled = LocalityLbSetting {
+        enabled: Some(false),
+        ..setting.clone()
+    };
+    assert_eq!(
+        priority(
+            Some(&disabled),
+            &p,
+            &endpoint("us-west/us-west-1a", "x", "")
+        ),
+        0
+    );
 }
 
 #[test]
 fn failover_priority_labels_rank_before_locality() {
     let p = proxy("us-east/us-east-1a");
     let setting = LocalityLbSetting {
-        failover_priority: vec!["topology.istio.io/network".into(), "topology.istio.io/cluster".into()],
+        failover_priority: vec![
+            "topology.istio.io/network".into(),
+            "topology.istio.io/cluster".into(),
+        ],
         ..LocalityLbSetting::default()
     };
-    let prio = |loc: &str, cluster: &str, net: &str| priority(Some(&setting), &p, &endpoint(loc, cluster, net));
+    let prio = |loc: &str, cluster: &str, net: &str| {
+        priority(Some(&setting), &p, &endpoint(loc, cluster, net))
+    };
     let same_both = prio("us-west/us-west-1a", "east", "net-east");
     let same_net = prio("us-east/us-east-1a", "other", "net-east");
     let none = prio("us-east/us-east-1a", "west", "net-west");
-    assert!(same_both < same_net && same_net < none, "{same_both} {same_net} {none}");
+    assert!(
+        same_both < same_net && same_net < none,
+        "{same_both} {same_net} {none}"
+    );
 }
 
 #[test]
@@ -115,13 +143,22 @@ spec:
     let store = isthmus_config::Store::new();
     store.replace_origin("t", loaded.resources);
     let pc = PushContext::build(&store.snapshot(), MeshConfig::default());
-    let cla = endpoints::assignment(&pc, &proxy("us-east/us-east-1a"), "outbound|80||hw.sample.global").unwrap();
+    let cla = endpoints::assignment(
+        &pc,
+        &proxy("us-east/us-east-1a"),
+        "outbound|80||hw.sample.global",
+    )
+    .unwrap();
     let summary: Vec<(String, u32, u32)> = cla
         .endpoints
         .iter()
         .map(|l| {
             let loc = l.locality.clone().unwrap_or_default();
-            (format!("{}/{}", loc.region, loc.zone), l.priority, l.load_balancing_weight.map_or(0, |w| w.value))
+            (
+                format!("{}/{}", loc.region, loc.zone),
+                l.priority,
+                l.load_balancing_weight.map_or(0, |w| w.value),
+            )
         })
         .collect();
     assert_eq!(

@@ -1,1 +1,0 @@
-//! Certificate service (in progress).

@@ -1,0 +1,23 @@
+//! The cluster CA's gRPC certificate service (port 15012): a workload's sidecar sends a
+//! CSR with its credential and gets back a certificate for its own SPIFFE identity.
+//!
+//! Request path: `authorization: Bearer <token>` → [`Authenticator`] (Kubernetes
+//! TokenReview, or bootstrap tokens in directory mode) → the caller's namespace and service
+//! account → `spiffe://<ca trust domain>/ns/<ns>/sa/<sa>` → [`ClusterCa::sign_csr`]. The
+//! identity always follows the token; nothing in the CSR can change it.
+//!
+//! [`ClusterCa::sign_csr`]: isthmus_identity::ClusterCa::sign_csr
+
+mod auth;
+mod server;
+
+pub use auth::bootstrap::{BootstrapTokens, TokensError};
+pub use auth::token_review::TokenReviewAuthenticator;
+pub use auth::{AuthError, Authenticator, Caller};
+pub use server::CertificateServer;
+
+/// Generated protobuf and gRPC code for `isthmus.ca.v1` (`proto/isthmus/ca/v1/ca.proto`).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("isthmus.ca.v1");
+}

@@ -1,0 +1,202 @@
+//! `isthmus control-plane`: wires the config source, store, push contexts,
+//! ADS server, certificate service and debug server into one process with
+//! one drain signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isthmus_config::dir::DirectorySource;
+use isthmus_config::kube::KubeSource;
+use isthmus_config::{ConfigSource, Store};
+use isthmus_identity::ClusterCa;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::ca::{Authenticator, BootstrapTokens, CertificateServer, TokenReviewAuthenticator};
+use crate::debug::{self, DebugState};
+use crate::registry::ClusterContext;
+use crate::xds::generate::MeshConfig;
+use crate::xds::server::{AdsMetrics, AdsOptions, AdsServer};
+
+/// Default xDS and certificate-service port.
+pub const DEFAULT_XDS_PORT: u16 = 15010;
+/// Default debug HTTP port.
+pub const DEFAULT_DEBUG_PORT: u16 = 15014;
+
+/// Where configuration comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory of YAML, watched.
+    Directory(PathBuf),
+    /// The Kubernetes API (in-cluster or kubeconfig), optionally limited to namespaces.
+    Kubernetes { namespaces: Option<Vec<String>> },
+}
+
+/// Everything `isthmus control-plane` is told.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cluster: String,
+    pub network: String,
+    pub domain: String,
+    pub source: Source,
+    /// Istio `cacerts` directory; without one a development CA is self-signed (with a warning).
+    pub ca_dir: Option<PathBuf>,
+    /// Trust domain for the development CA (ignored with `ca_dir`: the intermediate carries it).
+    pub trust_domain: String,
+    /// Directory mode: the bootstrap token file that authenticates CSRs.
+    pub bootstrap_tokens: Option<PathBuf>,
+    pub xds_listen: SocketAddr,
+    pub debug_listen: SocketAddr,
+    /// Time in-flight streams get to finish after shutdown starts.
+    pub drain_grace: Duration,
+}
+
+/// Why the control plane could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cluster CA: {0}")]
+    Ca(#[from] isthmus_identity::LoadError),
+    #[error("bootstrap tokens: {0}")]
+    Tokens(#[from] crate::ca::TokensError),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config source: {0}")]
+    Source(#[from] isthmus_config::SourceError),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("directory mode needs --bootstrap-tokens to authenticate certificate requests")]
+    NoAuthenticator,
+}
+
+/// Addresses the running control plane actually bound (ports may have been 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub xds: SocketAddr,
+    pub debug: SocketAddr,
+}
+
+/// Starts every part; returns once listening, with a future that runs until `shutdown`.
+pub async fn start(
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<(Bound, impl Future<Output = Result<(), RunError>>), RunError> {
+    let ca = Arc::new(match &options.ca_dir {
+        Some(dir) => ClusterCa::load(dir)?,
+        None => ClusterCa::self_signed_dev(&options.trust_domain)?,
+    });
+    let store = Store::new();
+    let (source, auth): (Box<dyn ConfigSource>, Arc<dyn Authenticator>) = match &options.source {
+        Source::Directory(dir) => {
+            let tokens = options
+                .bootstrap_tokens
+                .as_ref()
+                .ok_or(RunError::NoAuthenticator)?;
+            let tokens = Arc::new(BootstrapTokens::load(tokens)?);
+            tokens.clone().spawn_reloader(Duration::from_secs(5));
+            (
+                Box::new(DirectorySource::new(dir).with_store(store.clone())),
+                tokens,
+            )
+        }
+        Source::Kubernetes { namespaces } => {
+            let client = kube::Client::try_default().await?;
+            let mut src = KubeSource::new(client.clone());
+            if let Some(ns) = namespaces {
+                src = src.with_namespaces(ns.clone());
+            }
+            (
+                Box::new(src),
+                Arc::new(TokenReviewAuthenticator::new(client, "isthmus-ca")),
+            )
+        }
+    };
+    let mesh = MeshConfig {
+        cluster: ClusterContext {
+            cluster: options.cluster.clone(),
+            network: options.network.clone(),
+            domain: options.domain.clone(),
+        },
+        trust_domain: ca.trust_domain().to_string(),
+        trust_bundle_pem: ca.trust_bundle_pem(),
+        ..MeshConfig::default()
+    };
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("isthmus_control_plane");
+    let ads_metrics = AdsMetrics::register(&mut metrics);
+    let published = crate::controller::spawn(&store, mesh, shutdown.clone());
+    let ads = AdsServer::new(
+        published.state.clone(),
+        AdsOptions {
+            metrics: ads_metrics,
+            ..AdsOptions::default()
+        },
+    );
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    let xds_listener = bind("xDS", options.xds_listen).await?;
+    let debug_listener = bind("debug HTTP", options.debug_listen).await?;
+    let bound = Bound {
+        xds: xds_listener.local_addr().map_err(|source| RunError::Bind {
+            what: "xDS",
+            addr: options.xds_listen,
+            source,
+        })?,
+        debug: debug_listener
+            .local_addr()
+            .map_err(|source| RunError::Bind {
+                what: "debug HTTP",
+                addr: options.debug_listen,
+                source,
+            })?,
+    };
+    tracing::info!(cluster = %options.cluster, trust_domain = %ca.trust_domain(), xds = %bound.xds, debug = %bound.debug, "control plane listening");
+
+    let source_task = tokio::spawn(source.run(store.clone(), shutdown.clone()));
+    let debug_state = DebugState {
+        store: store.clone(),
+        ads: ads.clone(),
+        metrics: Arc::new(Mutex::new(metrics)),
+        push: published.push,
+    };
+    let debug_task = tokio::spawn(debug::serve(debug_listener, debug_state, shutdown.clone()));
+    let grpc = {
+        let ads = ads.clone();
+        let shutdown = shutdown.clone();
+        let grace = options.drain_grace;
+        async move {
+            let incoming = TcpIncoming::from(xds_listener).with_nodelay(Some(true));
+            let service = ads.service();
+            let signal = async move {
+                shutdown.cancelled().await;
+                ads.drain();
+                tokio::time::sleep(grace.min(Duration::from_millis(200))).await;
+            };
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .add_service(CertificateServer::new(ca, auth).into_service())
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        }
+    };
+    let run = async move {
+        let grpc_result = grpc.await;
+        let _ = debug_task.await;
+        if let Ok(Err(e)) = source_task.await {
+            return Err(RunError::Source(e));
+        }
+        grpc_result.map_err(RunError::Grpc)
+    };
+    Ok((bound, run))
+}

@@ -1,1 +1,0 @@
-//! ADS server (in progress).

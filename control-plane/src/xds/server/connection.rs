@@ -1,0 +1,358 @@
+//! The protocol state of one stream: subscriptions, ACKs and NACKs, and
+//! pushes; published to the server's status view after every change.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::{debug, info, trace, warn};
+
+use super::debounce::{Update, same_state};
+use super::metrics::short_type;
+use super::push::{Step, make_before_break, version_info};
+use super::status::{NackStatus, ProxySyncStatus, TypeSyncStatus, View};
+use super::stream::{End, ResponseTx};
+use super::{Inner, lock};
+use crate::xds::{CLUSTER, GenerateError, PUSH_ORDER, ProxyInfo, XdsResource, is_wildcard_type};
+
+/// Identifies this control plane in every response.
+const CONTROL_PLANE_ID: &str = "isthmus";
+/// Pushes awaiting ACKs kept per stream for the convergence metric.
+const MAX_PENDING_PUSHES: usize = 16;
+
+/// Protocol state of one subscribed type.
+struct TypeState {
+    names: BTreeSet<String>,
+    sent: Option<Sent>,
+    acked: Option<String>,
+    nack: Option<NackStatus>,
+}
+
+/// The last response sent for a type.
+struct Sent {
+    version: String,
+    nonce: String,
+    hash: u64,
+    resources: Arc<Vec<XdsResource>>,
+}
+
+/// A push whose types the proxy has not all ACKed yet.
+struct PendingPush {
+    changed_at: Instant,
+    awaiting: BTreeSet<String>,
+}
+
+/// One proxy on one stream, registered in the status view while it lives.
+pub(super) struct Connection {
+    inner: Arc<Inner>,
+    id: u64,
+    proxy: ProxyInfo,
+    tx: ResponseTx,
+    /// The state every response is generated from.
+    current: Arc<Update>,
+    types: BTreeMap<String, TypeState>,
+    pending: VecDeque<PendingPush>,
+    view: Arc<Mutex<View>>,
+}
+
+impl Connection {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        proxy: ProxyInfo,
+        tx: ResponseTx,
+        current: Arc<Update>,
+    ) -> Self {
+        let id = inner
+            .next_connection
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let view = inner.connections.insert(View {
+            status: ProxySyncStatus {
+                connection: id,
+                proxy_id: proxy.id.clone(),
+                role: proxy.role,
+                cluster: proxy.cluster.clone(),
+                connected_since: SystemTime::now(),
+                types: BTreeMap::new(),
+            },
+            sent: BTreeMap::new(),
+        });
+        inner.metrics.connected().inc();
+        info!(connection = id, "proxy connected");
+        Self {
+            inner,
+            id,
+            proxy,
+            tx,
+            current,
+            types: BTreeMap::new(),
+            pending: VecDeque::new(),
+            view,
+        }
+    }
+
+    pub(super) async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), End> {
+        let type_url = request.type_url;
+        if type_url.is_empty() {
+            return Err(End::Reject(Status::invalid_argument(
+                "DiscoveryRequest without type_url",
+            )));
+        }
+        let names: BTreeSet<String> = if is_wildcard_type(&type_url) {
+            BTreeSet::new()
+        } else {
+            request.resource_names.into_iter().collect()
+        };
+        let respond = match self.types.get_mut(&type_url) {
+            None => {
+                debug!(type_url, names = names.len(), "new subscription");
+                self.types.insert(
+                    type_url.clone(),
+                    TypeState {
+                        names,
+                        sent: None,
+                        acked: None,
+                        nack: None,
+                    },
+                );
+                true
+            }
+            Some(state) => {
+                let answers_last = state
+                    .sent
+                    .as_ref()
+                    .is_some_and(|s| s.nonce == request.response_nonce);
+                if !answers_last {
+                    trace!(type_url, nonce = request.response_nonce, "stale nonce");
+                } else if let Some(error) = request.error_detail {
+                    self.on_nack(&type_url, error.message);
+                } else {
+                    self.on_ack(&type_url);
+                }
+                match self.types.get_mut(&type_url) {
+                    Some(state) if state.names != names => {
+                        debug!(type_url, names = names.len(), "subscription changed");
+                        state.names = names;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if respond && let Some(step) = self.generate(&type_url) {
+            self.send(step).await?;
+        }
+        self.publish(&type_url);
+        Ok(())
+    }
+
+    fn on_ack(&mut self, type_url: &str) {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return;
+        };
+        let Some(sent) = &state.sent else {
+            return;
+        };
+        trace!(type_url, version = sent.version, "ACK");
+        state.acked = Some(sent.version.clone());
+        let convergence = self.inner.metrics.convergence();
+        self.pending.retain_mut(|push| {
+            push.awaiting.remove(type_url);
+            let done = push.awaiting.is_empty();
+            if done {
+                convergence.observe(push.changed_at.elapsed().as_secs_f64());
+            }
+            !done
+        });
+    }
+
+    fn on_nack(&mut self, type_url: &str, message: String) {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return;
+        };
+        let Some(sent) = &state.sent else {
+            return;
+        };
+        warn!(
+            proxy = self.proxy.id,
+            type_url,
+            version = sent.version,
+            message,
+            "proxy rejected config (NACK); keeping it until the config changes"
+        );
+        self.inner.metrics.nack(type_url);
+        state.nack = Some(NackStatus {
+            version: sent.version.clone(),
+            message,
+        });
+        // Those pushes will not converge.
+        self.pending
+            .retain(|push| !push.awaiting.contains(type_url));
+    }
+
+    /// Regenerates every subscribed type from `update` and sends those whose
+    /// content changed, make before break.
+    pub(super) async fn push(&mut self, update: Arc<Update>) -> Result<(), End> {
+        let started = Instant::now();
+        let (version, current) = (update.state.version(), self.current.state.version());
+        if version < current || same_state(&update.state, &self.current.state) {
+            trace!(version, current, "update not newer than the stream's state");
+            return Ok(());
+        }
+        self.current = update;
+        let mut changed = Vec::new();
+        for type_url in self.push_order() {
+            if let Some(step) = self.generate(&type_url) {
+                let unchanged = self
+                    .types
+                    .get(&type_url)
+                    .and_then(|t| t.sent.as_ref())
+                    .is_some_and(|s| s.hash == step.hash);
+                if !unchanged {
+                    changed.push(step);
+                }
+            }
+            // Generation is CPU work: let other streams run in between.
+            tokio::task::yield_now().await;
+        }
+        if changed.is_empty() {
+            trace!(version, "nothing changed for this proxy");
+            return Ok(());
+        }
+        let sent_clusters = self
+            .types
+            .get(CLUSTER)
+            .and_then(|t| t.sent.as_ref())
+            .map(|s| (s.resources.as_slice(), s.hash));
+        let steps = make_before_break(changed, sent_clusters);
+        let awaiting: BTreeSet<String> = steps.iter().map(|s| s.type_url.clone()).collect();
+        let sent: Vec<&str> = steps.iter().map(|s| short_type(&s.type_url)).collect();
+        debug!(version, types = ?sent, "pushing");
+        for step in steps {
+            let type_url = step.type_url.clone();
+            self.send(step).await?;
+            self.publish(&type_url);
+        }
+        self.inner
+            .metrics
+            .push_duration()
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(changed_at) = self.current.changed_at {
+            if self.pending.len() == MAX_PENDING_PUSHES {
+                self.pending.pop_front();
+            }
+            self.pending.push_back(PendingPush {
+                changed_at,
+                awaiting,
+            });
+        }
+        Ok(())
+    }
+
+    /// Subscribed types: those of [`PUSH_ORDER`] in that order, then any
+    /// others by type URL.
+    fn push_order(&self) -> Vec<String> {
+        let known = PUSH_ORDER
+            .iter()
+            .copied()
+            .filter(|t| self.types.contains_key(*t));
+        let others = self
+            .types
+            .keys()
+            .map(String::as_str)
+            .filter(|t| !PUSH_ORDER.contains(t));
+        known.chain(others).map(str::to_string).collect()
+    }
+
+    /// Generates a subscribed type from the current state; on error logs
+    /// it, counts it, and forgets the subscription if the type is unknown.
+    fn generate(&mut self, type_url: &str) -> Option<Step> {
+        let names = &self.types.get(type_url)?.names;
+        match self.current.state.generate(&self.proxy, type_url, names) {
+            Ok(resources) => Some(Step::new(type_url, resources)),
+            Err(error) => {
+                self.inner.metrics.push_error(type_url);
+                warn!(type_url, %error, "cannot generate resources; nothing sent for this type");
+                if matches!(error, GenerateError::UnknownType(_)) {
+                    self.types.remove(type_url);
+                }
+                None
+            }
+        }
+    }
+
+    async fn send(&mut self, step: Step) -> Result<(), End> {
+        let version = version_info(self.current.state.version(), step.hash);
+        let nonce = self.inner.nonce();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: step.resources.iter().map(|r| r.resource.clone()).collect(),
+            type_url: step.type_url.clone(),
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlane {
+                identifier: CONTROL_PLANE_ID.to_string(),
+            }),
+            ..DiscoveryResponse::default()
+        };
+        // A proxy that stops reading must not hold up shutdown.
+        tokio::select! {
+            sent = self.tx.send(Ok(response)) => sent.map_err(|_| End::Gone)?,
+            () = self.inner.close.cancelled() => return Err(End::Shutdown),
+        }
+        self.inner.metrics.response_sent(&step.type_url);
+        debug!(
+            type_url = step.type_url,
+            version,
+            nonce,
+            resources = step.resources.len(),
+            "sent"
+        );
+        if let Some(state) = self.types.get_mut(&step.type_url) {
+            state.sent = Some(Sent {
+                version,
+                nonce,
+                hash: step.hash,
+                resources: step.resources,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies one type's state to the view read by `sync_status`.
+    fn publish(&self, type_url: &str) {
+        let mut view = lock(&self.view);
+        match self.types.get(type_url) {
+            Some(state) => {
+                view.status.types.insert(
+                    type_url.to_string(),
+                    TypeSyncStatus {
+                        wildcard: is_wildcard_type(type_url),
+                        subscribed_names: state.names.len(),
+                        last_sent_version: state.sent.as_ref().map(|s| s.version.clone()),
+                        last_acked_version: state.acked.clone(),
+                        last_nack: state.nack.clone(),
+                    },
+                );
+                if let Some(sent) = &state.sent {
+                    view.sent
+                        .insert(type_url.to_string(), sent.resources.clone());
+                }
+            }
+            None => {
+                view.status.types.remove(type_url);
+                view.sent.remove(type_url);
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.inner.connections.remove(self.id);
+        self.inner.metrics.connected().dec();
+        info!(connection = self.id, "proxy disconnected");
+    }
+}

@@ -1,0 +1,282 @@
+//! The Aggregated Discovery Service: state-of-the-world xDS, one gRPC stream
+//! per proxy.
+//!
+//! Data path: the [`ConfigState`](crate::xds::ConfigState) watch channel →
+//! `debounce` (a burst of changes becomes one update) → one task per stream
+//! (`stream`, keeping the protocol state in `connection`), which answers
+//! requests and pushes changes in
+//! [`PUSH_ORDER`](crate::xds::PUSH_ORDER), make before break (`push`) → the
+//! proxy.
+//!
+//! Protocol decisions:
+//! - The first request must carry a valid `node`; otherwise the stream ends
+//!   with `INVALID_ARGUMENT`. So does a request without a type URL.
+//! - `version_info` is `<state version>-<content hash>`; every response has a
+//!   fresh nonce. A request echoing the last nonce is an ACK, or a NACK when it
+//!   carries `error_detail`: the NACK is logged and counted, and the rejected
+//!   content is not sent again until the proxy's config changes. Requests with
+//!   an older nonce are ignored, except that new resource names are honoured.
+//! - A new subscription (first request of a type, or changed names) gets an
+//!   immediate response, even an empty one. LDS and CDS are always wildcard
+//!   subscriptions: names in their requests are ignored.
+//! - A type the generator does not know or refuses is logged and counted, and
+//!   gets no response; the stream stays up, since Envoy treats a stream error
+//!   as fatal to every type on it.
+//! - A push sends only the types whose content changed for that proxy.
+//! - A new stream starts from the newest state (a fresh proxy has no burst to
+//!   wait out); after that, a stream answers from the newest debounced update
+//!   it has seen and never goes back to an older state version. One push
+//!   uses one state.
+
+mod connection;
+mod debounce;
+mod metrics;
+mod push;
+mod status;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use metrics::AdsMetrics;
+pub use status::{NackStatus, ProxySyncStatus, TypeSyncStatus};
+
+use self::debounce::Update;
+use self::status::Connections;
+use crate::xds::{SharedState, XdsResource};
+
+/// Responses buffered per stream before a push waits for the proxy to read.
+const RESPONSE_BUFFER: usize = 16;
+/// HTTP/2 pings that detect proxies that vanished without closing.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the ADS server.
+#[derive(Clone, Debug)]
+pub struct AdsOptions {
+    /// Push once config has been quiet this long.
+    pub debounce: Duration,
+    /// Push at the latest this long after the first change of a burst.
+    pub max_debounce: Duration,
+    /// Where the server counts; unregistered by default.
+    pub metrics: AdsMetrics,
+}
+
+impl Default for AdsOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            max_debounce: Duration::from_secs(1),
+            metrics: AdsMetrics::default(),
+        }
+    }
+}
+
+/// Why serving ADS stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AdsError {
+    #[error("ADS listener has no local address")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("serving ADS on {addr}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// The ADS server. Cheap to clone; clones share connections and state.
+#[derive(Clone)]
+pub struct AdsServer {
+    inner: Arc<Inner>,
+}
+
+/// State shared by the server handle and every connection task.
+struct Inner {
+    metrics: AdsMetrics,
+    /// The newest state, undebounced: where new streams start.
+    source: watch::Receiver<SharedState>,
+    /// Debounced updates; each connection clones this receiver.
+    updates: watch::Receiver<Arc<Update>>,
+    /// Taken when the first stream starts (inside the runtime).
+    debouncer: Mutex<Option<Debouncer>>,
+    connections: Connections,
+    next_connection: AtomicU64,
+    next_nonce: AtomicU64,
+    /// Cancelled to end every stream (shutdown).
+    close: CancellationToken,
+}
+
+struct Debouncer {
+    source: watch::Receiver<SharedState>,
+    updates: watch::Sender<Arc<Update>>,
+    debounce: Duration,
+    max_debounce: Duration,
+}
+
+impl Inner {
+    fn nonce(&self) -> String {
+        format!("{:x}", self.next_nonce.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl AdsServer {
+    /// A server for the configuration in `state`; every new value sent on the
+    /// channel is pushed (debounced) to the proxies whose resources changed.
+    pub fn new(mut state: watch::Receiver<SharedState>, options: AdsOptions) -> Self {
+        let initial = Update::initial(state.borrow_and_update().clone());
+        let (tx, rx) = watch::channel(initial);
+        let source = state.clone();
+        let debouncer = Debouncer {
+            source: state,
+            updates: tx,
+            debounce: options.debounce,
+            max_debounce: options.max_debounce.max(options.debounce),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                metrics: options.metrics,
+                source,
+                updates: rx,
+                debouncer: Mutex::new(Some(debouncer)),
+                connections: Connections::default(),
+                next_connection: AtomicU64::new(1),
+                next_nonce: AtomicU64::new(1),
+                close: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The tonic service, for `tonic::transport::Server::builder().add_service(..)`.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Serves ADS on `listener` over plain HTTP/2 until `shutdown` is
+    /// cancelled; then every stream ends with `UNAVAILABLE` (so proxies
+    /// reconnect elsewhere) and the server returns once they are closed.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdsError> {
+        let addr = listener.local_addr().map_err(AdsError::LocalAddr)?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let close = self.inner.close.clone();
+        let signal = async move {
+            shutdown.cancelled().await;
+            close.cancel();
+        };
+        tracing::info!(%addr, "serving ADS");
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(|source| AdsError::Serve { addr, source })
+    }
+
+    /// Ends every stream with `UNAVAILABLE` and refuses new ones (for servers
+    /// run through [`service`](Self::service) rather than [`serve`](Self::serve)).
+    pub fn drain(&self) {
+        self.inner.close.cancel();
+    }
+
+    /// Sync state of every open stream, for `/debug/syncz`.
+    pub fn sync_status(&self) -> Vec<ProxySyncStatus> {
+        self.inner.connections.statuses()
+    }
+
+    /// The resources last sent to a proxy (on its newest stream), by type
+    /// URL, for `/debug/config_dump`.
+    pub fn last_sent(
+        &self,
+        proxy_id: &str,
+    ) -> Option<std::collections::BTreeMap<String, Vec<XdsResource>>> {
+        self.inner.connections.last_sent(proxy_id)
+    }
+
+    /// Starts the debouncer on first use: `new` may run outside a runtime.
+    fn start_debouncer(&self) {
+        let Some(d) = lock(&self.inner.debouncer).take() else {
+            return;
+        };
+        // Changes that arrived before the first stream need no debounce.
+        let mut source = d.source;
+        let latest = source.borrow_and_update().clone();
+        if !debounce::same_state(&latest, &d.updates.borrow().state) {
+            d.updates.send_replace(Update::initial(latest));
+        }
+        tokio::spawn(debounce::run(source, d.updates, d.debounce, d.max_debounce));
+    }
+}
+
+impl fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("connections", &self.inner.connections.len())
+            .field("closed", &self.inner.close.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        if self.inner.close.is_cancelled() {
+            return Err(stream::shutting_down());
+        }
+        self.start_debouncer();
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(stream::run(
+            self.inner.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type DeltaAggregatedResourcesStream =
+        tokio_stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "Isthmus serves state-of-the-world ADS (StreamAggregatedResources) only",
+        ))
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves
+/// the data consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,117 @@
+//! What each connected proxy was sent and what it accepted, for
+//! `/debug/syncz` and `/debug/config_dump`.
+//!
+//! Each connection task owns its protocol state and publishes a copy here
+//! after every change; readers never wait on generation.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::lock;
+use crate::xds::{ProxyRole, XdsResource};
+
+/// One ADS stream: who is connected and how far each type is in sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySyncStatus {
+    /// Server-unique stream id (a reconnecting proxy gets a new one).
+    pub connection: u64,
+    pub proxy_id: String,
+    pub role: ProxyRole,
+    /// The proxy's cluster (`CLUSTER_ID` metadata).
+    pub cluster: String,
+    pub connected_since: SystemTime,
+    /// Per subscribed type URL.
+    pub types: BTreeMap<String, TypeSyncStatus>,
+}
+
+/// Sync state of one xDS type on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeSyncStatus {
+    /// Whether the subscription is a wildcard (LDS, CDS).
+    pub wildcard: bool,
+    /// How many resource names the proxy subscribed to (0 for wildcards).
+    pub subscribed_names: usize,
+    pub last_sent_version: Option<String>,
+    pub last_acked_version: Option<String>,
+    pub last_nack: Option<NackStatus>,
+}
+
+impl TypeSyncStatus {
+    /// Whether the proxy ACKed the last response sent for this type.
+    pub fn is_synced(&self) -> bool {
+        self.last_sent_version.is_some() && self.last_sent_version == self.last_acked_version
+    }
+}
+
+/// A response a proxy rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NackStatus {
+    /// The version of the rejected response.
+    pub version: String,
+    /// The proxy's `error_detail` message.
+    pub message: String,
+}
+
+/// What a connection publishes.
+#[derive(Debug)]
+pub(super) struct View {
+    pub(super) status: ProxySyncStatus,
+    pub(super) sent: BTreeMap<String, Arc<Vec<XdsResource>>>,
+}
+
+/// Every live connection's view, by connection id.
+#[derive(Debug, Default)]
+pub(super) struct Connections {
+    views: Mutex<BTreeMap<u64, Arc<Mutex<View>>>>,
+}
+
+impl Connections {
+    pub(super) fn insert(&self, view: View) -> Arc<Mutex<View>> {
+        let id = view.status.connection;
+        let view = Arc::new(Mutex::new(view));
+        lock(&self.views).insert(id, view.clone());
+        view
+    }
+
+    pub(super) fn remove(&self, id: u64) {
+        lock(&self.views).remove(&id);
+    }
+
+    fn all(&self) -> Vec<Arc<Mutex<View>>> {
+        lock(&self.views).values().cloned().collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        lock(&self.views).len()
+    }
+
+    /// Every stream's status, ordered by proxy id, then connection.
+    pub(super) fn statuses(&self) -> Vec<ProxySyncStatus> {
+        let mut all: Vec<ProxySyncStatus> =
+            self.all().iter().map(|v| lock(v).status.clone()).collect();
+        all.sort_by(|a, b| {
+            (a.proxy_id.as_str(), a.connection).cmp(&(b.proxy_id.as_str(), b.connection))
+        });
+        all
+    }
+
+    /// The resources last sent to `proxy_id` on its newest stream.
+    pub(super) fn last_sent(&self, proxy_id: &str) -> Option<BTreeMap<String, Vec<XdsResource>>> {
+        self.all()
+            .iter()
+            .filter_map(|v| {
+                let view = lock(v);
+                (view.status.proxy_id == proxy_id).then(|| {
+                    let sent = view
+                        .sent
+                        .iter()
+                        .map(|(t, r)| (t.clone(), r.as_ref().clone()))
+                        .collect();
+                    (view.status.connection, sent)
+                })
+            })
+            .max_by_key(|(connection, _)| *connection)
+            .map(|(_, sent)| sent)
+    }
+}

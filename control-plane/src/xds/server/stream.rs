@@ -1,0 +1,135 @@
+//! One ADS stream in one task: the handshake (the node), then requests and
+//! pushes, strictly in turn, until the proxy leaves, breaks the protocol, or
+//! the server shuts down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::{Code, Status, Streaming};
+use tracing::{Instrument, Span, debug, field, warn};
+
+use super::Inner;
+use super::connection::Connection;
+use super::debounce::Update;
+use crate::xds::ProxyInfo;
+
+/// Where a stream's responses go.
+pub(super) type ResponseTx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+/// The status ending every stream on shutdown.
+pub(super) fn shutting_down() -> Status {
+    Status::unavailable("control plane shutting down; reconnect")
+}
+
+/// Why a stream ended.
+pub(super) enum End {
+    /// The proxy closed or reset its side.
+    Gone,
+    /// The server is shutting down.
+    Shutdown,
+    /// The proxy sent something unusable.
+    Reject(Status),
+}
+
+impl End {
+    fn read(status: Status) -> Self {
+        if status.code() == Code::Internal {
+            // Undecodable request.
+            Self::Reject(Status::invalid_argument(format!(
+                "reading DiscoveryRequest: {}",
+                status.message()
+            )))
+        } else {
+            debug!(code = ?status.code(), message = status.message(), "request stream failed");
+            Self::Gone
+        }
+    }
+}
+
+/// Serves one stream until the proxy leaves, breaks the protocol, or the
+/// server shuts down.
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    requests: Streaming<DiscoveryRequest>,
+    tx: ResponseTx,
+    peer: Option<SocketAddr>,
+) {
+    let span = tracing::info_span!(
+        "ads",
+        peer = ?peer,
+        proxy = field::Empty,
+        role = field::Empty,
+        cluster = field::Empty,
+    );
+    async move {
+        let end = match serve(inner, requests, tx.clone()).await {
+            Ok(()) | Err(End::Gone) => return debug!("stream closed by the proxy"),
+            Err(End::Shutdown) => shutting_down(),
+            Err(End::Reject(status)) => {
+                warn!(message = status.message(), "rejecting stream");
+                status
+            }
+        };
+        // A proxy that is gone or does not read gets no status.
+        let _ = tx.try_send(Err(end));
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve(
+    inner: Arc<Inner>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: ResponseTx,
+) -> Result<(), End> {
+    let close = inner.close.clone();
+    let first = tokio::select! {
+        () = close.cancelled() => return Err(End::Shutdown),
+        msg = requests.message() => msg.map_err(End::read)?,
+    };
+    let Some(first) = first else {
+        return Ok(());
+    };
+    let proxy = identify(&first)?;
+    let span = Span::current();
+    span.record("proxy", proxy.id.as_str());
+    span.record("role", field::display(proxy.role));
+    span.record("cluster", proxy.cluster.as_str());
+
+    let mut updates = inner.updates.clone();
+    updates.mark_unchanged();
+    let current = Update::initial(inner.source.borrow().clone());
+    let mut conn = Connection::new(inner, proxy, tx, current);
+    conn.on_request(first).await?;
+    let mut updates_open = true;
+    loop {
+        tokio::select! {
+            () = close.cancelled() => return Err(End::Shutdown),
+            msg = requests.message() => match msg.map_err(End::read)? {
+                Some(request) => conn.on_request(request).await?,
+                None => return Ok(()),
+            },
+            changed = updates.changed(), if updates_open => match changed {
+                Ok(()) => {
+                    let update = updates.borrow_and_update().clone();
+                    conn.push(update).await?;
+                }
+                // The config source is gone: keep serving the last state.
+                Err(_) => updates_open = false,
+            },
+        }
+    }
+}
+
+/// Who is on the stream, from the first request's node.
+fn identify(request: &DiscoveryRequest) -> Result<ProxyInfo, End> {
+    let node = request.node.as_ref().ok_or_else(|| {
+        End::Reject(Status::invalid_argument(
+            "the first DiscoveryRequest on a stream must carry a node",
+        ))
+    })?;
+    ProxyInfo::from_node(node)
+        .map_err(|e| End::Reject(Status::invalid_argument(format!("invalid node: {e}"))))
+}

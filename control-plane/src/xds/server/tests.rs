@@ -1,0 +1,191 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::watch;
+use tokio::time::{Instant, advance, timeout};
+
+use super::debounce::{self, Update};
+use super::push::{Step, content_hash, make_before_break, version_info};
+use crate::xds::{
+    CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ROUTE, SharedState,
+    XdsResource,
+};
+
+struct Version(u64);
+
+impl ConfigState for Version {
+    fn version(&self) -> u64 {
+        self.0
+    }
+
+    fn generate(
+        &self,
+        _: &ProxyInfo,
+        type_url: &str,
+        _: &BTreeSet<String>,
+    ) -> Result<Vec<XdsResource>, GenerateError> {
+        Err(GenerateError::UnknownType(type_url.into()))
+    }
+}
+
+fn state(v: u64) -> SharedState {
+    Arc::new(Version(v))
+}
+
+fn res(name: &str, body: &str) -> XdsResource {
+    XdsResource {
+        name: name.into(),
+        resource: Any {
+            type_url: CLUSTER.into(),
+            value: body.as_bytes().to_vec(),
+        },
+    }
+}
+
+fn names(step: &Step) -> Vec<&str> {
+    step.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+/// Starts a debouncer (100 ms quiet, 1 s max) fed by the returned sender.
+fn debouncer() -> (watch::Sender<SharedState>, watch::Receiver<Arc<Update>>) {
+    let (src_tx, src_rx) = watch::channel(state(0));
+    let (tx, rx) = watch::channel(Update::initial(state(0)));
+    tokio::spawn(debounce::run(
+        src_rx,
+        tx,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    ));
+    (src_tx, rx)
+}
+
+async fn next(rx: &mut watch::Receiver<Arc<Update>>) -> (u64, Instant) {
+    timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("debounced update")
+        .expect("debouncer alive");
+    let u = rx.borrow_and_update().clone();
+    (u.state.version(), u.changed_at.expect("a change"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn debounce_waits_for_quiet() {
+    let (src, mut rx) = debouncer();
+    let start = Instant::now();
+    for v in 1..=5 {
+        src.send_replace(state(v));
+        // Let the debouncer see it before time moves.
+        tokio::task::yield_now().await;
+        advance(Duration::from_millis(30)).await;
+    }
+    let (version, changed_at) = next(&mut rx).await;
+    assert_eq!(version, 5);
+    // Last change at 120 ms, then 100 ms of quiet.
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(220) && waited < Duration::from_millis(260),
+        "{waited:?}"
+    );
+    assert!(changed_at - start < Duration::from_millis(5));
+    assert!(!rx.has_changed().expect("alive"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn debounce_is_bounded_by_max() {
+    let (src, mut rx) = debouncer();
+    let start = Instant::now();
+    let feeder = tokio::spawn(async move {
+        for v in 1..=40 {
+            src.send_replace(state(v));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        src
+    });
+    let (version, _) = next(&mut rx).await;
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_millis(1100));
+    assert!((19..=21).contains(&version), "{version}");
+    let (later, _) = next(&mut rx).await;
+    assert!(later > version);
+    drop(feeder.await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn debounce_publishes_last_value_when_source_closes() {
+    let (src, mut rx) = debouncer();
+    src.send_replace(state(7));
+    drop(src);
+    assert_eq!(next(&mut rx).await.0, 7);
+    assert!(
+        timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("no hang")
+            .is_err()
+    );
+}
+
+#[test]
+fn content_hash_sees_bodies_and_names_only() {
+    let a = Step::new(CLUSTER, vec![res("b", "2"), res("a", "1")]);
+    let b = Step::new(ENDPOINT, vec![res("a", "1"), res("b", "2")]);
+    assert_eq!(a.hash, b.hash, "order and type do not matter");
+    assert_ne!(a.hash, content_hash(&[res("a", "1"), res("b", "3")]));
+    assert_ne!(a.hash, content_hash(&[res("a", "1"), res("c", "2")]));
+    assert_ne!(content_hash(&[]), content_hash(&[res("", "")]));
+    let v = version_info(42, a.hash);
+    assert!(v.starts_with("42-") && v.len() == 15, "{v}");
+}
+
+#[test]
+fn removed_cluster_goes_last_after_union() {
+    let old = vec![res("a", "1"), res("b", "1")];
+    let old_hash = content_hash(&old);
+    let changed = vec![
+        Step::new(CLUSTER, vec![res("a", "1"), res("c", "1")]),
+        Step::new(ENDPOINT, vec![res("a", "e")]),
+        Step::new(ROUTE, vec![res("r", "to-c")]),
+    ];
+    let steps = make_before_break(changed, Some((&old, old_hash)));
+    let order: Vec<(&str, Vec<&str>)> = steps
+        .iter()
+        .map(|s| (s.type_url.as_str(), names(s)))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (CLUSTER, vec!["a", "b", "c"]),
+            (ENDPOINT, vec!["a"]),
+            (ROUTE, vec!["r"]),
+            (CLUSTER, vec!["a", "c"]),
+        ]
+    );
+}
+
+#[test]
+fn union_equal_to_what_the_proxy_has_is_skipped() {
+    let old = vec![res("a", "1"), res("b", "1")];
+    let changed = vec![
+        Step::new(CLUSTER, vec![res("a", "1")]),
+        Step::new(LISTENER, vec![res("l", "2")]),
+    ];
+    let steps = make_before_break(changed, Some((&old, content_hash(&old))));
+    let order: Vec<&str> = steps.iter().map(|s| s.type_url.as_str()).collect();
+    assert_eq!(order, vec![LISTENER, CLUSTER]);
+}
+
+#[test]
+fn no_union_without_removal_or_other_changes() {
+    let old = vec![res("a", "1")];
+    let hash = content_hash(&old);
+    let added = vec![
+        Step::new(CLUSTER, vec![res("a", "1"), res("b", "1")]),
+        Step::new(LISTENER, vec![res("l", "1")]),
+    ];
+    assert_eq!(make_before_break(added.clone(), Some((&old, hash))), added);
+    let alone = vec![Step::new(CLUSTER, vec![])];
+    assert_eq!(make_before_break(alone.clone(), Some((&old, hash))), alone);
+    let first = vec![Step::new(CLUSTER, vec![]), Step::new(LISTENER, vec![])];
+    assert_eq!(make_before_break(first.clone(), None), first);
+}
