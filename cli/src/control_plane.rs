@@ -37,6 +37,9 @@ pub(crate) struct ControlPlaneArgs {
     /// development CA is self-signed (never do that in production).
     #[arg(long)]
     ca_dir: Option<PathBuf>,
+    /// With --kubernetes: `<namespace>/<name>` of a Secret in the cacerts layout.
+    #[arg(long, conflicts_with = "ca_dir")]
+    ca_secret: Option<String>,
     /// Trust domain of the development CA (ignored with --ca-dir).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -78,6 +81,7 @@ pub(crate) fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         domain: args.domain,
         source,
         ca_dir: args.ca_dir,
+        ca_secret: args.ca_secret,
         trust_domain: args.trust_domain,
         bootstrap_tokens: args.bootstrap_tokens,
         xds_listen: args.listen,

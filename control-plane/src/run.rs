@@ -42,8 +42,11 @@ pub struct Options {
     pub network: String,
     pub domain: String,
     pub source: Source,
-    /// Istio `cacerts` directory; without one a development CA is self-signed (with a warning).
+    /// Istio `cacerts` directory; without one (and without `ca_secret`) a
+    /// development CA is self-signed (with a warning).
     pub ca_dir: Option<PathBuf>,
+    /// Kubernetes mode: `<namespace>/<name>` of a Secret in the `cacerts` layout.
+    pub ca_secret: Option<String>,
     /// Trust domain for the development CA (ignored with `ca_dir`: the intermediate carries it).
     pub trust_domain: String,
     /// Directory mode: the bootstrap token file that authenticates CSRs.
@@ -76,6 +79,41 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("directory mode needs --bootstrap-tokens to authenticate certificate requests")]
     NoAuthenticator,
+    #[error("CA Secret {secret}: {reason}")]
+    CaSecret { secret: String, reason: String },
+}
+
+/// Loads the cluster CA from a Kubernetes Secret (`<namespace>/<name>`) with
+/// Istio's `cacerts` keys (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
+pub async fn load_ca_secret(client: kube::Client, secret: &str) -> Result<ClusterCa, RunError> {
+    let err = |reason: String| RunError::CaSecret {
+        secret: secret.to_string(),
+        reason,
+    };
+    let (ns, name) = secret
+        .split_once('/')
+        .ok_or_else(|| err("must be <namespace>/<name>".into()))?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, ns);
+    let s = api.get(name).await.map_err(|e| err(e.to_string()))?;
+    let data = s.data.unwrap_or_default();
+    let get = |key: &str| -> Result<String, RunError> {
+        let bytes = data
+            .get(key)
+            .ok_or_else(|| err(format!("has no {key} key")))?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| err(format!("{key} is not UTF-8 PEM")))
+    };
+    let (ca_cert, ca_key, root_cert, cert_chain) = (
+        get("ca-cert.pem")?,
+        get("ca-key.pem")?,
+        get("root-cert.pem")?,
+        get("cert-chain.pem")?,
+    );
+    Ok(ClusterCa::from_pems(isthmus_identity::CacertsPems {
+        ca_cert: &ca_cert,
+        ca_key: &ca_key,
+        root_cert: &root_cert,
+        cert_chain: &cert_chain,
+    })?)
 }
 
 /// Addresses the running control plane actually bound (ports may have been 0).
@@ -90,9 +128,20 @@ pub async fn start(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<(Bound, impl Future<Output = Result<(), RunError>>), RunError> {
-    let ca = Arc::new(match &options.ca_dir {
-        Some(dir) => ClusterCa::load(dir)?,
-        None => ClusterCa::self_signed_dev(&options.trust_domain)?,
+    let kube_client = match options.source {
+        Source::Kubernetes { .. } => Some(kube::Client::try_default().await?),
+        Source::Directory(_) => None,
+    };
+    let ca = Arc::new(match (&options.ca_dir, &options.ca_secret, &kube_client) {
+        (Some(dir), _, _) => ClusterCa::load(dir)?,
+        (None, Some(secret), Some(client)) => load_ca_secret(client.clone(), secret).await?,
+        (None, Some(secret), None) => {
+            return Err(RunError::CaSecret {
+                secret: secret.clone(),
+                reason: "needs --kubernetes".into(),
+            });
+        }
+        (None, None, _) => ClusterCa::self_signed_dev(&options.trust_domain)?,
     });
     let store = Store::new();
     let (source, auth): (Box<dyn ConfigSource>, Arc<dyn Authenticator>) = match &options.source {
@@ -109,7 +158,7 @@ pub async fn start(
             )
         }
         Source::Kubernetes { namespaces } => {
-            let client = kube::Client::try_default().await?;
+            let client = kube_client.clone().ok_or(RunError::NoAuthenticator)?;
             let mut src = KubeSource::new(client.clone());
             if let Some(ns) = namespaces {
                 src = src.with_namespaces(ns.clone());

@@ -80,6 +80,7 @@ async fn control_plane_serves_sidecars_and_reacts_to_config_changes() {
         domain: "cluster.local".into(),
         source: Source::Directory(config.clone()),
         ca_dir: None,
+        ca_secret: None,
         trust_domain: "east.isthmus.local".into(),
         bootstrap_tokens: Some(tokens),
         xds_listen: "127.0.0.1:0".parse().unwrap(),

@@ -88,7 +88,9 @@ pub enum VerifyError {
 ///
 /// Checks: webpki path validation (signatures, validity, CA constraints) with the leaf
 /// usable for both `serverAuth` and `clientAuth`; the leaf carries exactly one URI SAN, a
-/// SPIFFE ID; and trust-domain binding (see the [module docs](self)).
+/// SPIFFE ID; and trust-domain binding: the intermediate that signed the leaf, on the path
+/// webpki validated, carries the leaf's trust domain (a leaf signed directly by a root is
+/// refused), so a compromised cluster cannot mint another cluster's identities.
 ///
 /// # Errors
 /// A [`VerifyError`] saying which check failed.

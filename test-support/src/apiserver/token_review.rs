@@ -39,8 +39,12 @@ impl FakeToken {
 
 impl FakeApiServer {
     /// Answers TokenReview creates from `tokens` (token → owner), replacing any earlier
-    /// set; see the [module docs](self). The kind is registered so the request log shows
-    /// the reviews as [`RequestAction::Create`](super::RequestAction::Create).
+    /// set, like the real API server: an unknown token, or one whose audiences do not
+    /// intersect the review's `spec.audiences`, is `authenticated: false` with an `error`;
+    /// otherwise `status.audiences` is that intersection (the token's audiences when the
+    /// review names none) and `status.user.username` the token's user. Nothing is stored.
+    /// The kind is registered so the request log shows reviews as
+    /// [`RequestAction::Create`](super::RequestAction::Create).
     pub fn set_token_reviews(&self, tokens: impl IntoIterator<Item = (String, FakeToken)>) {
         self.register(
             "authentication.k8s.io/v1",
