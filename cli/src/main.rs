@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod control_plane;
 mod validate;
 
@@ -52,6 +53,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create the shared root CA and per-cluster intermediates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Print the version.
     Version {
         /// Print JSON.
@@ -89,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             control_plane,
             json,
         } => control_plane::proxy_config(kind, &proxy, &control_plane, json, &mut out),
+        Command::Ca(cmd) => ca::run(cmd, &mut out),
         Command::Crds => {
             out.write_all(isthmus_api::crds::to_yaml().as_bytes())?;
             Ok(ExitCode::SUCCESS)

@@ -190,3 +190,37 @@ fn control_plane_needs_a_config_source() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config-dir"));
 }
+
+#[test]
+fn ca_root_and_intermediate_make_a_loadable_cacerts_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let east = dir.path().join("east");
+    let out = isthmus(&["ca", "root", "--out", root.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = isthmus(&["ca", "root", "--out", root.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "never overwrite a root");
+    let out = isthmus(&[
+        "ca",
+        "intermediate",
+        "--root",
+        root.to_str().unwrap(),
+        "--cluster",
+        "east",
+        "--trust-domain",
+        "east.isthmus.local",
+        "--out",
+        east.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = isthmus_identity::ClusterCa::load(&east).unwrap();
+    assert_eq!(ca.trust_domain(), "east.isthmus.local");
+}

@@ -3,8 +3,8 @@
 //!
 //! Built from one store [`Snapshot`] (so it is always consistent) by
 //! [`Registry::build`]. Sources: Kubernetes Services + EndpointSlices +
-//! Pods + Nodes ([`kubernetes`]), ServiceEntries and WorkloadEntries
-//! ([`service_entry`]). Hosts under `.global` / `.svc.clusterset.local`
+//! Pods + Nodes (`kubernetes.rs`), ServiceEntries and WorkloadEntries
+//! (`service_entry.rs`). Hosts under `.global` / `.svc.clusterset.local`
 //! (written by the federation controller) also get this cluster's own
 //! endpoints of the same service, so the global name works locally too.
 
