@@ -2,8 +2,8 @@
 
 use super::{Ctx, subset_name};
 use crate::networking::{
-    Destination, HttpFaultInjection, HttpMatchRequest, HttpRetry, HttpRoute, RouteDestination,
-    VirtualServiceSpec,
+    Destination, GRPC_STATUS_NAMES, HttpFaultInjection, HttpMatchRequest, HttpRetry, HttpRoute,
+    RouteDestination, VirtualServiceSpec,
 };
 
 /// Retry conditions Isthmus understands (Envoy's names, as Istio passes them through).
@@ -304,11 +304,11 @@ fn fault_injection(cx: &mut Ctx, f: &HttpFaultInjection) {
                 (Some(s), None) if !(200..=599).contains(&s) => {
                     cx.error_at("httpStatus", format!("httpStatus {s} is outside 200-599"))
                 }
-                (None, Some(g)) if !GRPC_STATUS.contains(&g.as_str()) => cx.error_at(
+                (None, Some(g)) if !GRPC_STATUS_NAMES.contains(&g.as_str()) => cx.error_at(
                     "grpcStatus",
                     format!(
                         "unknown gRPC status {g:?} (known: {})",
-                        GRPC_STATUS.join(", ")
+                        GRPC_STATUS_NAMES.join(", ")
                     ),
                 ),
                 _ => {}
@@ -319,26 +319,6 @@ fn fault_injection(cx: &mut Ctx, f: &HttpFaultInjection) {
         });
     }
 }
-
-const GRPC_STATUS: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 fn route_destinations(cx: &mut Ctx, routes: &[RouteDestination]) {
     if routes.is_empty() {

@@ -475,26 +475,7 @@ fn fault(hr: &HttpRoute) -> HashMap<String, envoy_types::pb::google::protobuf::A
 }
 
 fn grpc_code(name: &str) -> u32 {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    CODES
+    isthmus_api::networking::GRPC_STATUS_NAMES
         .iter()
         .position(|c| *c == name)
         .and_then(|i| u32::try_from(i).ok())
