@@ -7,6 +7,7 @@
 
 mod ca;
 mod control_plane;
+mod iptables;
 mod validate;
 
 use std::io::Write;
@@ -56,6 +57,8 @@ enum Command {
     /// Create the shared root CA and per-cluster intermediates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Print, install (--apply) or remove (--cleanup) the transparent-capture iptables rules.
+    Iptables(iptables::Args),
     /// Print the version.
     Version {
         /// Print JSON.
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => control_plane::proxy_config(kind, &proxy, &control_plane, json, &mut out),
         Command::Ca(cmd) => ca::run(cmd, &mut out),
+        Command::Iptables(args) => iptables::run(args, &mut out),
         Command::Crds => {
             out.write_all(isthmus_api::crds::to_yaml().as_bytes())?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,137 @@
+//! From `Any`s to typed, validated resources keyed by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use super::ResourceType;
+use super::validate::{self, ConfigError};
+
+/// The decoded resources of one response, keyed by name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resources {
+    /// CDS: the complete set of clusters.
+    Clusters(BTreeMap<String, Cluster>),
+    /// EDS: assignments by cluster (service) name.
+    Endpoints(BTreeMap<String, ClusterLoadAssignment>),
+    /// LDS: the complete set of listeners.
+    Listeners(BTreeMap<String, Listener>),
+    /// RDS: route configurations by name.
+    Routes(BTreeMap<String, RouteConfiguration>),
+    /// SDS: secrets by name.
+    Secrets(BTreeMap<String, Secret>),
+}
+
+impl Resources {
+    /// Decodes and validates every resource of a response of type `t`: each
+    /// `Any` must carry exactly `t`'s type URL, decode, have a non-empty name
+    /// unique in the response, and pass [`validate`]. The first error rejects
+    /// the whole response.
+    pub fn decode(t: ResourceType, resources: &[Any]) -> Result<Self, ConfigError> {
+        Ok(match t {
+            ResourceType::Cluster => Self::Clusters(decode_all(t, resources, |c: &Cluster| {
+                (&c.name, validate::cluster(c))
+            })?),
+            ResourceType::Endpoint => {
+                Self::Endpoints(decode_all(t, resources, |e: &ClusterLoadAssignment| {
+                    (&e.cluster_name, Ok(()))
+                })?)
+            }
+            ResourceType::Listener => Self::Listeners(decode_all(t, resources, |l: &Listener| {
+                (&l.name, validate::listener(l))
+            })?),
+            ResourceType::Route => {
+                Self::Routes(decode_all(t, resources, |r: &RouteConfiguration| {
+                    (&r.name, validate::route(r))
+                })?)
+            }
+            ResourceType::Secret => Self::Secrets(decode_all(t, resources, |s: &Secret| {
+                (&s.name, validate::secret(s))
+            })?),
+        })
+    }
+
+    /// The type these resources are of.
+    pub fn resource_type(&self) -> ResourceType {
+        match self {
+            Self::Clusters(_) => ResourceType::Cluster,
+            Self::Endpoints(_) => ResourceType::Endpoint,
+            Self::Listeners(_) => ResourceType::Listener,
+            Self::Routes(_) => ResourceType::Route,
+            Self::Secrets(_) => ResourceType::Secret,
+        }
+    }
+
+    /// The resource names, sorted.
+    pub fn names(&self) -> BTreeSet<String> {
+        fn keys<V>(m: &BTreeMap<String, V>) -> BTreeSet<String> {
+            m.keys().cloned().collect()
+        }
+        match self {
+            Self::Clusters(m) => keys(m),
+            Self::Endpoints(m) => keys(m),
+            Self::Listeners(m) => keys(m),
+            Self::Routes(m) => keys(m),
+            Self::Secrets(m) => keys(m),
+        }
+    }
+
+    /// Keeps only the resources whose name `keep` accepts (named types:
+    /// resources answering a subscription the client has since dropped).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        match self {
+            Self::Clusters(m) => m.retain(|n, _| keep(n)),
+            Self::Endpoints(m) => m.retain(|n, _| keep(n)),
+            Self::Listeners(m) => m.retain(|n, _| keep(n)),
+            Self::Routes(m) => m.retain(|n, _| keep(n)),
+            Self::Secrets(m) => m.retain(|n, _| keep(n)),
+        }
+    }
+}
+
+/// Decodes every `Any` as `M`; `check` returns the resource's name and its
+/// validation result.
+fn decode_all<M: Message + Default>(
+    t: ResourceType,
+    resources: &[Any],
+    check: impl Fn(&M) -> (&String, Result<(), String>),
+) -> Result<BTreeMap<String, M>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (index, any) in resources.iter().enumerate() {
+        if any.type_url != t.type_url() {
+            return Err(ConfigError::WrongTypeUrl {
+                kind: t,
+                index,
+                found: any.type_url.clone(),
+            });
+        }
+        let message = M::decode(any.value.as_slice()).map_err(|source| ConfigError::Decode {
+            kind: t,
+            index,
+            source,
+        })?;
+        let (name, valid) = check(&message);
+        if name.is_empty() {
+            return Err(ConfigError::EmptyName { kind: t, index });
+        }
+        let name = name.clone();
+        if let Err(reason) = valid {
+            return Err(ConfigError::Invalid {
+                kind: t,
+                name,
+                reason,
+            });
+        }
+        if out.contains_key(&name) {
+            return Err(ConfigError::Duplicate { kind: t, name });
+        }
+        out.insert(name, message);
+    }
+    Ok(out)
+}

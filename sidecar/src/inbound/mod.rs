@@ -1,0 +1,3 @@
+//! Inbound side: traffic from other workloads to this one (mTLS, authorization).
+
+pub mod authz;
