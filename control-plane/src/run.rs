@@ -23,6 +23,8 @@ use crate::xds::server::{AdsMetrics, AdsOptions, AdsServer};
 
 /// Default xDS and certificate-service port.
 pub const DEFAULT_XDS_PORT: u16 = 15010;
+/// Accept-queue length of the xDS and debug listeners.
+pub const LISTEN_BACKLOG: u32 = 1024;
 /// Default debug HTTP port.
 pub const DEFAULT_DEBUG_PORT: u16 = 15014;
 
@@ -189,10 +191,19 @@ pub async fn start(
             ..AdsOptions::default()
         },
     );
-    let bind = |what, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { what, addr, source })
+    let bind = |what, addr: SocketAddr| async move {
+        // A deep accept queue: a thousand proxies reconnect at once after a restart.
+        let listen = || -> std::io::Result<TcpListener> {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        };
+        listen().map_err(|source| RunError::Bind { what, addr, source })
     };
     let xds_listener = bind("xDS", options.xds_listen).await?;
     let debug_listener = bind("debug HTTP", options.debug_listen).await?;

@@ -84,10 +84,14 @@ impl Store {
             origins: &mut state.origins,
             unsynced: &mut state.unsynced,
             next: &mut next,
+            changed: false,
         };
         f(&mut txn);
+        let changed = txn.changed;
         next.synced = state.unsynced.values().all(|done| *done);
-        if next.content_differs(&state.current) {
+        // The transaction records what it changed; comparing persistent maps
+        // wholesale is slower and, in imbl 6.1, wrong (jneem/imbl#161).
+        if changed || next.synced != state.current.synced {
             next.version = state.current.version + 1;
             state.current = next.clone();
             self.inner.tx.send_replace(Arc::new(next));
@@ -129,6 +133,8 @@ pub struct Txn<'a> {
     origins: &'a mut BTreeMap<Origin, BTreeMap<ResourceKey, Arc<Resource>>>,
     unsynced: &'a mut BTreeMap<String, bool>,
     next: &'a mut Snapshot,
+    /// Whether anything visible in the snapshot changed.
+    changed: bool,
 }
 
 impl Txn<'_> {
@@ -191,16 +197,17 @@ impl Txn<'_> {
             .cloned()
             .collect();
         for k in keys {
-            self.next.errors.remove(&k);
+            self.changed |= self.next.errors.remove(&k).is_some();
         }
     }
 
     /// Sets (or, when empty, clears) the errors recorded under `key`.
     pub fn set_errors(&mut self, key: ErrorKey, errors: Vec<LoadError>) {
         if errors.is_empty() {
-            self.next.errors.remove(&key);
+            self.changed |= self.next.errors.remove(&key).is_some();
         } else if self.next.errors.get(&key).is_none_or(|e| **e != *errors) {
             self.next.errors.insert(key, errors.into());
+            self.changed = true;
         }
     }
 
@@ -214,7 +221,7 @@ impl Txn<'_> {
             .cloned()
             .collect();
         for k in keys {
-            self.next.errors.remove(&k);
+            self.changed |= self.next.errors.remove(&k).is_some();
         }
     }
 
@@ -253,18 +260,23 @@ impl Txn<'_> {
                     };
                     if self.next.objects.get(&key) != Some(&entry) {
                         self.next.objects.insert(key.clone(), entry);
+                        self.changed = true;
                     }
                     if shadowed.is_empty() {
-                        self.next.conflicts.remove(&key);
+                        self.changed |= self.next.conflicts.remove(&key).is_some();
                     } else {
                         let mut all = vec![origin.clone()];
                         all.extend(shadowed);
-                        self.next.conflicts.insert(key, all.into());
+                        let all: Arc<[Origin]> = all.into();
+                        if self.next.conflicts.get(&key) != Some(&all) {
+                            self.next.conflicts.insert(key, all);
+                            self.changed = true;
+                        }
                     }
                 }
                 None => {
-                    self.next.objects.remove(&key);
-                    self.next.conflicts.remove(&key);
+                    self.changed |= self.next.objects.remove(&key).is_some();
+                    self.changed |= self.next.conflicts.remove(&key).is_some();
                 }
             }
         }

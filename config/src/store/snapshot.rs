@@ -130,32 +130,31 @@ impl Snapshot {
         self.conflicts.iter().map(|(k, o)| (k, &**o))
     }
 
-    pub(crate) fn content_differs(&self, other: &Snapshot) -> bool {
-        self.synced != other.synced
-            || self.objects != other.objects
-            || self.errors != other.errors
-            || self.conflicts != other.conflicts
-    }
-
     /// The object changes that turn `self` into `next`.
     pub fn changes_to(&self, next: &Snapshot) -> Vec<Change> {
-        use imbl::ordmap::DiffItem;
-        self.objects
-            .diff(&next.objects)
-            .filter_map(|d| match d {
-                DiffItem::Add(k, _) => Some(Change::Added(k.clone())),
-                DiffItem::Update {
-                    old: (k, _),
-                    new: (_, new),
-                } => {
-                    let unchanged = self
-                        .objects
-                        .get(k)
-                        .is_some_and(|o| o.resource == new.resource);
-                    (!unchanged).then(|| Change::Updated(k.clone()))
+        // A plain ordered walk with point lookups: imbl 6.1's `diff` and map
+        // equality skip entries after shared subtrees (jneem/imbl#161).
+        let mut changes: Vec<Change> = next
+            .objects
+            .iter()
+            .filter_map(|(k, new)| match self.objects.get(k) {
+                None => Some(Change::Added(k.clone())),
+                Some(old)
+                    if !Arc::ptr_eq(&old.resource, &new.resource)
+                        && old.resource != new.resource =>
+                {
+                    Some(Change::Updated(k.clone()))
                 }
-                DiffItem::Remove(k, _) => Some(Change::Removed(k.clone())),
+                Some(_) => None,
             })
-            .collect()
+            .collect();
+        changes.extend(
+            self.objects
+                .keys()
+                .filter(|k| !next.objects.contains_key(*k))
+                .map(|k| Change::Removed(k.clone())),
+        );
+        changes.sort_by(|a, b| a.key().cmp(b.key()));
+        changes
     }
 }

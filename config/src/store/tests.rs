@@ -98,3 +98,28 @@ async fn synced_after_every_source_loads() {
     store.mark_synced("kube");
     assert!(store.snapshot().is_synced());
 }
+
+/// Regression: imbl 6.1 map equality and diff skip entries after shared
+/// subtrees (jneem/imbl#161), which once made the store drop about one
+/// single-object update in 32. Every update must be a new version with exactly one change.
+#[tokio::test]
+async fn every_single_object_update_is_a_new_version() {
+    let store = Store::new();
+    let names: Vec<String> = (0..640).map(|i| format!("ns-{i:04}")).collect();
+    store.replace_origin("a.yaml", names.iter().map(|n| ns(n)).collect());
+    let mut sub = store.subscribe();
+    sub.next().await.unwrap();
+    for (i, n) in names.iter().enumerate() {
+        let before = store.snapshot().version();
+        let mut edited = ns(n);
+        edited.meta_mut().labels = Some([("edited".to_string(), "yes".to_string())].into());
+        store.update(|t| t.upsert("a.yaml", edited));
+        assert_eq!(
+            store.snapshot().version(),
+            before + 1,
+            "update {i} of {n} was lost"
+        );
+        let u = sub.next().await.unwrap();
+        assert_eq!(u.changes, vec![Change::Updated(key(n))], "update {i}");
+    }
+}

@@ -47,14 +47,36 @@ pub const BLACKHOLE: &str = "BlackHoleCluster";
 /// Connect timeout when no DestinationRule sets one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every cluster a sidecar needs.
+/// Every cluster a sidecar needs: the outbound ones (shared by every proxy
+/// in the namespace, so generated once per push context) plus its own.
 pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
+    let shared = pc
+        .cache
+        .outbound_clusters(&proxy.namespace, || outbound_all(pc, &proxy.namespace));
+    let mut out = Vec::with_capacity(shared.len() + 4);
+    out.extend(shared.iter().cloned());
+    out.extend(inbound(pc, proxy));
+    out.push(resource(PASSTHROUGH, passthrough()));
+    out.push(resource(
+        BLACKHOLE,
+        Cluster {
+            name: BLACKHOLE.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+            connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+            ..Cluster::default()
+        },
+    ));
+    out
+}
+
+/// The outbound clusters visible from `namespace`.
+fn outbound_all(pc: &PushContext, namespace: &str) -> Vec<XdsResource> {
     let mut out = Vec::new();
     for svc in pc.registry.services() {
-        if !super::visible(&svc.export_to, Some(&svc.namespace), &proxy.namespace) {
+        if !super::visible(&svc.export_to, Some(&svc.namespace), namespace) {
             continue;
         }
-        let dr = pc.destination_rule(&svc.hostname, &proxy.namespace, &svc.namespace);
+        let dr = pc.destination_rule(&svc.hostname, namespace, &svc.namespace);
         let subsets: Vec<Option<&str>> = std::iter::once(None)
             .chain(
                 dr.iter()
@@ -71,17 +93,6 @@ pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
             }
         }
     }
-    out.extend(inbound(pc, proxy));
-    out.push(resource(PASSTHROUGH, passthrough()));
-    out.push(resource(
-        BLACKHOLE,
-        Cluster {
-            name: BLACKHOLE.into(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-            connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
-            ..Cluster::default()
-        },
-    ));
     out
 }
 

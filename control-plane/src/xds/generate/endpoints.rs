@@ -33,7 +33,12 @@ use crate::xds::{ProxyInfo, ProxyRole, XdsResource};
 pub fn generate(pc: &PushContext, proxy: &ProxyInfo, names: &BTreeSet<String>) -> Vec<XdsResource> {
     names
         .iter()
-        .filter_map(|name| assignment(pc, proxy, name).map(|cla| resource(name.clone(), cla)))
+        .filter_map(|name| {
+            pc.cache
+                .endpoints(name, proxy, pc.uses_failover_priority, || {
+                    assignment(pc, proxy, name).map(|cla| resource(name.clone(), cla))
+                })
+        })
         .collect()
 }
 

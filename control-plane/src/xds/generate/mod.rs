@@ -7,6 +7,7 @@
 //! listeners ([`listeners`], [`gateway`]), routes ([`routes`]) and secrets
 //! ([`secrets`]).
 
+mod cache;
 pub mod clusters;
 pub mod endpoints;
 pub mod gateway;
@@ -81,6 +82,12 @@ pub struct PushContext {
     pub authorization_policies: Vec<Arc<Resource>>,
     /// Problems met while indexing; each names its resource.
     pub warnings: Vec<String>,
+    /// Whether some DestinationRule uses `failoverPriority` (then EDS depends on proxy labels).
+    pub uses_failover_priority: bool,
+    /// Whether some VirtualService matches on `sourceLabels` (then RDS depends on proxy labels).
+    pub uses_source_labels: bool,
+    /// Resources generated once per push context and shared by proxies with the same inputs.
+    pub(crate) cache: cache::Cache,
 }
 
 impl PushContext {
@@ -121,7 +128,16 @@ impl PushContext {
             let host = qualify(&dr.spec.host, ns, &mesh.cluster.domain);
             destination_rules.entry(host).or_default().push(r.clone());
         }
+        let uses_failover_priority = snapshot
+            .of_kind(Kind::DestinationRule)
+            .any(|r| matches!(&**r, Resource::DestinationRule(dr) if uses_failover_priority(dr)));
+        let uses_source_labels = snapshot.of_kind(Kind::VirtualService).any(|r| {
+            matches!(&**r, Resource::VirtualService(vs) if vs.spec.http.iter().any(|h| h.r#match.iter().any(|m| !m.source_labels.is_empty())))
+        });
         PushContext {
+            uses_failover_priority,
+            uses_source_labels,
+            cache: cache::Cache::default(),
             version: snapshot.version(),
             registry,
             gateways,
@@ -248,6 +264,28 @@ impl ConfigState for PushContext {
         };
         Ok(out)
     }
+}
+
+/// Whether any traffic policy of `dr` (top level, port level, subsets) sets `failoverPriority`.
+fn uses_failover_priority(dr: &DestinationRule) -> bool {
+    use isthmus_api::networking::{LoadBalancerSettings, TrafficPolicy};
+    let lb = |lb: Option<&LoadBalancerSettings>| {
+        lb.and_then(|l| l.locality_lb_setting.as_ref())
+            .is_some_and(|s| !s.failover_priority.is_empty())
+    };
+    let tp = |tp: &TrafficPolicy| {
+        lb(tp.load_balancer.as_ref())
+            || tp
+                .port_level_settings
+                .iter()
+                .any(|p| lb(p.load_balancer.as_ref()))
+    };
+    dr.spec.traffic_policy.as_ref().is_some_and(tp)
+        || dr
+            .spec
+            .subsets
+            .iter()
+            .any(|s| s.traffic_policy.as_ref().is_some_and(tp))
 }
 
 /// Whether an object in `owner_ns` with `export_to` is visible from `namespace`.

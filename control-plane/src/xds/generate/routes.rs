@@ -49,10 +49,10 @@ pub fn generate(pc: &PushContext, proxy: &ProxyInfo, names: &BTreeSet<String>) -
     names
         .iter()
         .filter_map(|n| {
-            Some(resource(
-                n.clone(),
-                route_config(pc, proxy, n.parse().ok()?),
-            ))
+            let port = n.parse().ok()?;
+            Some(pc.cache.route(n, proxy, pc.uses_source_labels, || {
+                resource(n.clone(), route_config(pc, proxy, port))
+            }))
         })
         .collect()
 }

@@ -1,0 +1,331 @@
+//! One simulated sidecar: a real tonic ADS stream that subscribes and ACKs
+//! like Envoy (CDS wildcard → EDS for the EDS clusters received → LDS
+//! wildcard → RDS for the route names the listeners reference), and reports
+//! every ACK to the driver.
+//!
+//! Clients share the machine with the control plane, so they do as little
+//! as they can: responses are decoded by a lite message that keeps each
+//! resource as a zero-copy slice, and only CDS (names and types) and LDS
+//! (route names) are looked into. ACKs carry the full subscribed names, as
+//! state-of-the-world requires.
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use isthmus_control_plane::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const ADS_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// `envoy.config.cluster.v3.Cluster.DiscoveryType.EDS`.
+const DISCOVERY_TYPE_EDS: i32 = 3;
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// The four subscribed types, in Envoy's initial order.
+pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+pub const TYPE_NAMES: [&str; 4] = ["CDS", "EDS", "LDS", "RDS"];
+
+/// `DiscoveryRequest` with resource names kept as shared bytes (same wire format).
+#[derive(Clone, PartialEq, Message)]
+pub struct Request {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(message, optional, tag = "2")]
+    pub node: Option<Node>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub resource_names: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub response_nonce: String,
+}
+
+/// `DiscoveryResponse` with each `Any` left undecoded.
+#[derive(Clone, PartialEq, Message)]
+pub struct Response {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
+}
+
+/// `google.protobuf.Any`, value only.
+#[derive(Clone, PartialEq, Message)]
+struct AnyValue {
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// The fields of `Cluster` that decide the EDS subscription.
+#[derive(Clone, PartialEq, Message)]
+struct ClusterHead {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(int32, tag = "2")]
+    discovery_type: i32,
+    #[prost(message, optional, tag = "3")]
+    eds_cluster_config: Option<EdsConfigHead>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct EdsConfigHead {
+    #[prost(string, tag = "2")]
+    service_name: String,
+}
+
+/// What a client tells the driver.
+#[derive(Debug)]
+pub enum Event {
+    /// An ACK was sent for a response of `TYPES[kind]` generated from `version`.
+    Acked {
+        client: usize,
+        kind: usize,
+        version: u64,
+        resources: usize,
+        bytes: usize,
+        at: Instant,
+    },
+    /// Every type has been received and ACKed once.
+    Synced { client: usize, at: Instant },
+    /// The stream failed; the sidecar reconnects after a backoff.
+    Reconnecting { error: String },
+    /// The stream failed too often; the sidecar gave up.
+    Failed { client: usize, error: String },
+}
+
+/// Per-type subscription state.
+#[derive(Default)]
+struct Sub {
+    requested: bool,
+    names: Vec<Bytes>,
+    version: String,
+    nonce: String,
+    acked: bool,
+}
+
+/// Reconnections a sidecar makes before it gives up.
+const MAX_RECONNECTS: u32 = 8;
+
+/// Runs one sidecar until the driver goes away: like Envoy, a failed stream
+/// is reopened (and everything subscribed again) after a jittered,
+/// exponential backoff; after [`MAX_RECONNECTS`] failures in a row it gives up.
+pub async fn run(
+    client: usize,
+    node: Node,
+    channel: Channel,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut failures = 0;
+    loop {
+        let error = match stream(client, node.clone(), channel.clone(), &events).await {
+            Ok(()) => return,
+            Err(Failure { error, synced }) => {
+                // A stream that got somewhere resets the backoff.
+                failures = if synced { 1 } else { failures + 1 };
+                error
+            }
+        };
+        if failures > MAX_RECONNECTS || events.is_closed() {
+            let _ = events.send(Event::Failed { client, error });
+            return;
+        }
+        let _ = events.send(Event::Reconnecting { error });
+        tokio::time::sleep(backoff(client, failures)).await;
+    }
+}
+
+/// 250 ms doubling per failure, at most 8 s, with up to 50 % jitter
+/// (derived from the client and attempt: no randomness needed).
+fn backoff(client: usize, failures: u32) -> std::time::Duration {
+    let base = 250u64 << failures.saturating_sub(1).min(5);
+    let jitter = (client as u64 * 7919 + u64::from(failures) * 104_729) % (base / 2).max(1);
+    std::time::Duration::from_millis(base + jitter)
+}
+
+/// Why a stream ended, and whether it had synced first.
+struct Failure {
+    error: String,
+    synced: bool,
+}
+
+async fn stream(
+    client: usize,
+    node: Node,
+    channel: Channel,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<(), Failure> {
+    let mut synced = false;
+    sync_and_follow(client, node, channel, events, &mut synced)
+        .await
+        .map_err(|error| Failure { error, synced })
+}
+
+/// One stream: subscribe, then ACK every response until it fails.
+async fn sync_and_follow(
+    client: usize,
+    node: Node,
+    channel: Channel,
+    events: &mpsc::UnboundedSender<Event>,
+    synced: &mut bool,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel::<Request>(16);
+    let mut subs: [Sub; 4] = Default::default();
+    let send = |req: Request| {
+        let tx = tx.clone();
+        async move {
+            tx.send(req)
+                .await
+                .map_err(|_| "request stream closed".to_string())
+        }
+    };
+    // CDS wildcard first, carrying the node.
+    subs[0].requested = true;
+    send(Request {
+        node: Some(node),
+        type_url: CLUSTER.into(),
+        ..Request::default()
+    })
+    .await?;
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+    grpc.ready().await.map_err(|e| format!("connect: {e}"))?;
+    let codec = tonic_prost::ProstCodec::<Request, Response>::default();
+    let path = http::uri::PathAndQuery::from_static(ADS_PATH);
+    let mut responses = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await
+        .map_err(|s| format!("open stream: {s}"))?
+        .into_inner();
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("server closed the stream".into()),
+            Err(s) => return Err(format!("stream: {s}")),
+        };
+        let Some(kind) = TYPES.iter().position(|t| *t == response.type_url) else {
+            return Err(format!("unexpected type {}", response.type_url));
+        };
+        let bytes = response.resources.iter().map(Bytes::len).sum();
+        let count = response.resources.len();
+        // What this response makes the proxy subscribe to next.
+        let follow = match kind {
+            0 => Some((1, eds_names(&response.resources)?)),
+            2 => Some((3, route_names(&response.resources)?)),
+            _ => None,
+        };
+        let sub = &mut subs[kind];
+        sub.version = response.version_info.clone();
+        sub.nonce = response.nonce;
+        sub.acked = true;
+        send(Request {
+            version_info: sub.version.clone(),
+            resource_names: sub.names.clone(),
+            type_url: response.type_url,
+            response_nonce: sub.nonce.clone(),
+            ..Request::default()
+        })
+        .await?;
+        let _ = events.send(Event::Acked {
+            client,
+            kind,
+            version: state_version(&response.version_info),
+            resources: count,
+            bytes,
+            at: Instant::now(),
+        });
+        if let Some((next, names)) = follow
+            && (!subs[next].requested || subs[next].names != names)
+        {
+            let sub = &mut subs[next];
+            sub.requested = true;
+            sub.names = names;
+            send(request(sub, TYPES[next])).await?;
+        }
+        // Envoy asks for listeners once its clusters are warm (EDS received).
+        if kind == 1 && !subs[2].requested {
+            subs[2].requested = true;
+            send(request(&subs[2], LISTENER)).await?;
+        }
+        if !*synced && subs.iter().all(|s| s.acked) {
+            *synced = true;
+            let _ = events.send(Event::Synced {
+                client,
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A (re)subscription request for one type, echoing its last response.
+fn request(sub: &Sub, type_url: &str) -> Request {
+    Request {
+        version_info: sub.version.clone(),
+        resource_names: sub.names.clone(),
+        type_url: type_url.into(),
+        response_nonce: sub.nonce.clone(),
+        ..Request::default()
+    }
+}
+
+/// `<state version>-<hash>` → state version.
+fn state_version(version_info: &str) -> u64 {
+    version_info
+        .split('-')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sorted EDS service names of the EDS clusters in a CDS response.
+fn eds_names(resources: &[Bytes]) -> Result<Vec<Bytes>, String> {
+    let mut names = Vec::new();
+    for any in resources {
+        let value = AnyValue::decode(any.clone()).map_err(|e| format!("CDS Any: {e}"))?;
+        let c = ClusterHead::decode(value.value).map_err(|e| format!("CDS Cluster: {e}"))?;
+        if c.discovery_type == DISCOVERY_TYPE_EDS {
+            let name = match c.eds_cluster_config {
+                Some(eds) if !eds.service_name.is_empty() => eds.service_name,
+                _ => c.name,
+            };
+            names.push(Bytes::from(name));
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Sorted RDS names referenced by HTTP connection managers in an LDS response.
+fn route_names(resources: &[Bytes]) -> Result<Vec<Bytes>, String> {
+    let mut names = std::collections::BTreeSet::new();
+    for any in resources {
+        let value = AnyValue::decode(any.clone()).map_err(|e| format!("LDS Any: {e}"))?;
+        let listener = Listener::decode(value.value).map_err(|e| format!("LDS Listener: {e}"))?;
+        let filters = listener
+            .filter_chains
+            .iter()
+            .chain(listener.default_filter_chain.iter())
+            .flat_map(|c| &c.filters);
+        for f in filters {
+            if let Some(ConfigType::TypedConfig(tc)) = &f.config_type
+                && tc.type_url == HCM_TYPE
+            {
+                let hcm = HttpConnectionManager::decode(tc.value.as_slice())
+                    .map_err(|e| format!("LDS HCM: {e}"))?;
+                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                    names.insert(Bytes::from(rds.route_config_name));
+                }
+            }
+        }
+    }
+    Ok(names.into_iter().collect())
+}
