@@ -165,13 +165,7 @@ pub(crate) fn proxy_config(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
-    let encoded: String = proxy
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(proxy, percent_encoding::NON_ALPHANUMERIC);
     let url = format!("http://{control_plane}/debug/config_dump?proxy={encoded}");
     let (status, body) = rt
         .block_on(get(&url))

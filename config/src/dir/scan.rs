@@ -14,6 +14,8 @@ use crate::store::{ErrorKey, Store};
 pub struct Scanner {
     root: PathBuf,
     files: BTreeMap<PathBuf, u64>,
+    /// Files whose last load had errors.
+    broken: std::collections::BTreeSet<PathBuf>,
 }
 
 /// What one scan did.
@@ -33,6 +35,7 @@ impl Scanner {
         Self {
             root: root.to_path_buf(),
             files: BTreeMap::new(),
+            broken: std::collections::BTreeSet::new(),
         }
     }
 
@@ -66,7 +69,13 @@ impl Scanner {
             };
             if self.files.get(&path) != Some(&hash) {
                 let origin = path.display().to_string();
-                loads.push((origin.clone(), load_file(&origin, &text)));
+                let loaded = load_file(&origin, &text);
+                if loaded.errors.is_empty() {
+                    self.broken.remove(&path);
+                } else {
+                    self.broken.insert(path.clone());
+                }
+                loads.push((origin, loaded));
                 self.files.insert(path, hash);
             }
         }
@@ -89,18 +98,9 @@ impl Scanner {
         });
         for path in removed {
             self.files.remove(&path);
+            self.broken.remove(&path);
         }
-        report.errors = store
-            .snapshot()
-            .errors()
-            .filter(|(k, _)| {
-                self.files
-                    .keys()
-                    .any(|p| *k.origin == *p.display().to_string())
-            })
-            .map(|(k, _)| k.origin.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
+        report.errors = self.broken.len();
         Ok(report)
     }
 }

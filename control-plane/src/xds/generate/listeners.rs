@@ -93,9 +93,6 @@ pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
         })
         .collect();
     for (name, (vip, port, cluster)) in tcp {
-        if http_ports.contains(&port) && vip == "0.0.0.0" {
-            continue;
-        }
         let chain = FilterChain {
             filters: vec![tcp_proxy(&format!("outbound|{port}||"), &cluster)],
             ..FilterChain::default()
