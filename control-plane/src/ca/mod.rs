@@ -16,8 +16,5 @@ pub use auth::token_review::TokenReviewAuthenticator;
 pub use auth::{AuthError, Authenticator, Caller};
 pub use server::CertificateServer;
 
-/// Generated protobuf and gRPC code for `isthmus.ca.v1` (`proto/isthmus/ca/v1/ca.proto`).
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("isthmus.ca.v1");
-}
+/// Generated protobuf and gRPC code for `isthmus.ca.v1` (from the `isthmus-proto` crate).
+pub use isthmus_proto::ca as proto;

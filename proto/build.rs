@@ -1,4 +1,4 @@
-//! Compiles the control plane's own gRPC API (`proto/isthmus/ca/v1/ca.proto`) with protox
+//! Compiles Isthmus's own gRPC APIs (`proto/isthmus/**`) with protox
 //! (pure Rust: no `protoc` needed on the machine) and tonic-prost-build.
 
 use std::error::Error;

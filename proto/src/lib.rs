@@ -1,0 +1,11 @@
+//! Isthmus's own gRPC APIs, generated from `proto/isthmus/**` at build time
+//! (protox: no `protoc` on the machine). Servers and clients of every
+//! component use these modules; there is one copy of each message type.
+
+#![allow(missing_docs)]
+
+/// `isthmus.ca.v1`: a workload sends a CSR and its credential, gets its certificate chain.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod ca {
+    tonic::include_proto!("isthmus.ca.v1");
+}
