@@ -8,7 +8,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod transport;
 pub mod xds;
 
 pub use config::{ProxyConfig, ResourceType};
