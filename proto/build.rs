@@ -3,7 +3,7 @@
 
 use std::error::Error;
 
-const PROTOS: &[&str] = &["isthmus/ca/v1/ca.proto"];
+const PROTOS: &[&str] = &["isthmus/ca/v1/ca.proto", "isthmus/dns/v1/dns.proto"];
 const INCLUDES: &[&str] = &["proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {

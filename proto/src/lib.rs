@@ -9,3 +9,10 @@
 pub mod ca {
     tonic::include_proto!("isthmus.ca.v1");
 }
+
+/// `isthmus.dns.v1`: the control plane streams full snapshots of the cross-cluster names
+/// (VIPs, ports, per-cluster endpoints, locality and health) to the DNS server.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod dns {
+    tonic::include_proto!("isthmus.dns.v1");
+}

@@ -1,0 +1,259 @@
+//! The request path: a hickory-server [`RequestHandler`] answering from the
+//! current [`Snapshot`], loaded with one atomic read per query.
+//!
+//! `handle_request`: rate limit (UDP) → header checks (opcode, EDNS
+//! version, exactly one question) → zone → [`Snapshot::lookup`] → records
+//! handed to hickory's encoder, which applies the client's UDP size and
+//! sets TC. Names outside the zones are REFUSED, or forwarded to
+//! `upstream`. The same handler serves UDP, TCP ([`listen`]) and CoreDNS's
+//! gRPC plugin ([`grpc`]).
+
+pub mod forward;
+pub mod grpc;
+pub mod ratelimit;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::metrics::DnsMetrics;
+use crate::zone::{Found, Snapshot};
+use forward::Forwarder;
+use ratelimit::RateLimiter;
+
+/// Largest UDP payload we answer with, whatever the client advertises.
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// Answers DNS requests from the current snapshot.
+#[derive(Clone, Debug)]
+pub struct Handler {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    upstream: Option<Arc<Forwarder>>,
+    rate_limit: Option<Arc<RateLimiter>>,
+    metrics: DnsMetrics,
+}
+
+impl Handler {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        upstream: Option<Forwarder>,
+        rate_limit: Option<RateLimiter>,
+        metrics: DnsMetrics,
+    ) -> Handler {
+        Handler {
+            snapshot,
+            upstream: upstream.map(Arc::new),
+            rate_limit: rate_limit.map(Arc::new),
+            metrics,
+        }
+    }
+}
+
+/// The records of one answer, borrowed from the snapshot.
+struct Answer<'a> {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: [&'a [Record]; 3],
+    soa: Option<&'a Record>,
+    additionals: &'a [Record],
+}
+
+impl<'a> Answer<'a> {
+    fn error(rcode: ResponseCode) -> Answer<'a> {
+        Answer {
+            rcode,
+            authoritative: false,
+            answers: [&[], &[], &[]],
+            soa: None,
+            additionals: &[],
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        if request.protocol() == Protocol::Udp
+            && let Some(limiter) = &self.rate_limit
+            && !limiter.allow(request.src().ip())
+        {
+            // Dropped, not answered: an answer would still reflect traffic at a spoofed source.
+            self.metrics.rate_limited.inc();
+            return info_without_response(request, ResponseCode::Refused);
+        }
+        let info = self.respond(request, response).await;
+        self.metrics.observe(qtype, info.response_code, started.elapsed());
+        info
+    }
+}
+
+impl Handler {
+    async fn respond<R: ResponseHandler>(&self, request: &Request, response: R) -> ResponseInfo {
+        let snapshot = self.snapshot.load_full();
+        let edns = response_edns(request);
+        let answer = match self.classify(request, &snapshot) {
+            Ok(answer) => answer,
+            Err(Forward) => return self.forward(request, edns.as_ref(), response).await,
+        };
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = answer.rcode;
+        metadata.authoritative = answer.authoritative;
+        metadata.recursion_available = self.upstream.is_some();
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let message = builder.build(
+            metadata,
+            answer.answers.into_iter().flatten(),
+            std::iter::empty(),
+            answer.soa,
+            answer.additionals,
+        );
+        send(response, message, request).await
+    }
+
+    /// Decides the answer from the snapshot, or that the query goes upstream.
+    fn classify<'a>(&self, request: &Request, snapshot: &'a Snapshot) -> Result<Answer<'a>, Forward> {
+        if request.metadata.op_code != OpCode::Query {
+            return Ok(Answer::error(ResponseCode::NotImp));
+        }
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return Ok(Answer::error(ResponseCode::BADVERS));
+        }
+        let [query] = request.queries.queries() else {
+            // No question (or several, which no server answers): FORMERR, RFC 9619.
+            return Ok(Answer::error(ResponseCode::FormErr));
+        };
+        let name = query.name();
+        let Some(zone) = snapshot.zone_for(name) else {
+            return if self.upstream.is_some() {
+                Err(Forward)
+            } else {
+                Ok(Answer::error(ResponseCode::Refused))
+            };
+        };
+        if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
+            return Ok(Answer::error(ResponseCode::Refused));
+        }
+        let qtype = query.query_type();
+        let mut answer = Answer {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers: [&[], &[], &[]],
+            soa: None,
+            additionals: &[],
+        };
+        match Snapshot::lookup(zone, name) {
+            Found::Apex => {
+                let soa = std::slice::from_ref(&zone.soa);
+                let ns = std::slice::from_ref(&zone.ns);
+                answer.answers = match qtype {
+                    RecordType::SOA => [soa, &[], &[]],
+                    RecordType::NS => [ns, &[], &[]],
+                    RecordType::ANY => [soa, ns, &[]],
+                    _ => [&[], &[], &[]],
+                };
+            }
+            Found::Node(node) => {
+                answer.answers = node.answers(qtype);
+                if matches!(qtype, RecordType::SRV | RecordType::ANY) && !node.srv.is_empty() {
+                    answer.additionals = &node.additionals;
+                }
+            }
+            Found::EmptyNonTerminal => {}
+            Found::NxDomain => answer.rcode = ResponseCode::NXDomain,
+        }
+        if answer.answers.iter().all(|s| s.is_empty()) {
+            // NXDOMAIN or NODATA: the SOA tells resolvers how long to cache the absence.
+            answer.soa = Some(&zone.soa);
+        }
+        Ok(answer)
+    }
+
+    async fn forward<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        edns: Option<&Edns>,
+        response: R,
+    ) -> ResponseInfo {
+        let upstream = self.upstream.as_ref().expect("forward only with an upstream");
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        let reply: Message = match upstream.query(request.as_slice()).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::debug!(%error, "upstream query failed");
+                self.metrics.upstream_errors.inc();
+                metadata.response_code = ResponseCode::ServFail;
+                let message = MessageResponseBuilder::new(&request.queries, edns)
+                    .build_no_records(metadata);
+                return send(response, message, request).await;
+            }
+        };
+        metadata.response_code = reply.metadata.response_code;
+        metadata.authentic_data = false;
+        let message = MessageResponseBuilder::new(&request.queries, edns).build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        send(response, message, request).await
+    }
+}
+
+/// The query is outside our zones and an upstream is configured.
+struct Forward;
+
+async fn send<'a, R: ResponseHandler>(
+    mut response: R,
+    message: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    request: &Request,
+) -> ResponseInfo {
+    match response.send_response(message).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, src = %request.src(), "sending response failed");
+            info_without_response(request, ResponseCode::ServFail)
+        }
+    }
+}
+
+/// The response's EDNS: present when the request had one, with our buffer size
+/// (the client's, at least 512, at most [`MAX_UDP_PAYLOAD`]). hickory's encoder
+/// limits UDP answers to it (512 without EDNS) and sets TC.
+fn response_edns(request: &Request) -> Option<Edns> {
+    let req = request.edns.as_ref()?;
+    let mut edns = Edns::new();
+    edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+    edns.set_version(0);
+    Some(edns)
+}
+
+fn info_without_response(request: &Request, rcode: ResponseCode) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = rcode;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
