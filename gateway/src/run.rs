@@ -1,0 +1,349 @@
+//! Starting and stopping a gateway: [`start`] binds, connects to the
+//! control plane and returns the bound addresses; cancelling its token
+//! drains (stop accepting, `/ready` 503, connections finish within the
+//! grace period, then are closed) and stops.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use isthmus_api::naming::Locality;
+use isthmus_proxy_core::ProxyConfig;
+use isthmus_proxy_core::admin::{self, AdminServer};
+use isthmus_proxy_core::transport::SpliceConfig;
+use isthmus_proxy_core::xds::{NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accept::accept_loop;
+use crate::detect::{DEFAULT_MAX_HELLO, DEFAULT_PEEK_TIMEOUT};
+use crate::metrics::Metrics;
+use crate::proxy::{Settings, Shared};
+use crate::route::RouteTable;
+
+/// Default port of the passthrough listener.
+pub const DEFAULT_PORT: u16 = 15443;
+/// Default port of the admin server.
+pub const DEFAULT_ADMIN_PORT: u16 = 15000;
+/// Accept backlog of the passthrough listener.
+const BACKLOG: u32 = 1024;
+
+/// Where the gateway's config comes from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// The control plane's ADS address (`http://host:port` or `host:port`).
+    ControlPlane(String),
+    /// A config published by the caller (tests, embedding).
+    Static(watch::Receiver<Arc<ProxyConfig>>),
+}
+
+/// How to run a gateway. [`Options::new`] has the defaults.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Who the gateway is to the control plane (role `Gateway`).
+    pub node: NodeInfo,
+    /// Where the config comes from.
+    pub config: ConfigSource,
+    /// The passthrough listener (default `0.0.0.0:15443`).
+    pub listen: SocketAddr,
+    /// The admin server (default `0.0.0.0:15000`); `None` runs none.
+    pub admin: Option<SocketAddr>,
+    /// The xDS listener whose filter chains are served; default
+    /// `0.0.0.0_<listen port>` (`0.0.0.0_15443` when the port is 0).
+    pub xds_listener: Option<String>,
+    /// Connections open at once; at the limit accepting pauses.
+    pub max_connections: usize,
+    /// Connections open at once to one service (port, subset); more are closed.
+    pub max_connections_per_service: usize,
+    /// Largest ClientHello, record headers included.
+    pub max_client_hello: usize,
+    /// Time a client gets to send its whole ClientHello.
+    pub client_hello_timeout: Duration,
+    /// Endpoints tried per connection before giving up.
+    pub connect_attempts: usize,
+    /// Buffer size and idle timeout of the splice (a TCP proxy's own
+    /// `idle_timeout` wins).
+    pub splice: SpliceConfig,
+    /// How long connections may take to finish once a drain starts.
+    pub drain_grace: Duration,
+}
+
+impl Options {
+    /// Defaults: listen on 15443, admin on 15000, 16384 connections (4096
+    /// per service), 16 KiB / 10 s ClientHello, 3 connect attempts, 16 KiB
+    /// buffers, 1 h idle timeout, 10 s drain grace.
+    pub fn new(node: NodeInfo, config: ConfigSource) -> Self {
+        Self {
+            node,
+            config,
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            admin: Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT))),
+            xds_listener: None,
+            max_connections: 16384,
+            max_connections_per_service: 4096,
+            max_client_hello: DEFAULT_MAX_HELLO,
+            client_hello_timeout: DEFAULT_PEEK_TIMEOUT,
+            connect_attempts: 3,
+            splice: SpliceConfig::default(),
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The node of the east-west gateway of `cluster`: workload
+/// `eastwest-gateway` in `isthmus-system`, label `istio: eastwestgateway`
+/// (what AUTO_PASSTHROUGH Gateways select).
+pub fn gateway_node(cluster: &str, network: &str, locality: Locality) -> NodeInfo {
+    NodeInfo {
+        role: NodeRole::Gateway,
+        ip: None,
+        workload: "eastwest-gateway".into(),
+        namespace: "isthmus-system".into(),
+        cluster: cluster.into(),
+        network: network.into(),
+        service_account: "eastwest-gateway".into(),
+        labels: BTreeMap::from([
+            ("istio".to_string(), "eastwestgateway".to_string()),
+            ("app".to_string(), "istio-eastwestgateway".to_string()),
+        ]),
+        locality,
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("binding the {what} listener on {address}")]
+    Bind {
+        what: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control plane address is unusable.
+    #[error(transparent)]
+    Xds(#[from] XdsError),
+    /// The admin server thread could not start.
+    #[error("starting the admin server")]
+    Admin(#[source] std::io::Error),
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// The passthrough listener's address.
+    pub listen: SocketAddr,
+    /// The admin server's address.
+    pub admin: Option<SocketAddr>,
+    ready: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the first complete config is routing (bounded by the
+    /// caller); false if the gateway stopped first.
+    pub async fn ready(&self) -> bool {
+        self.ready.clone().wait_for(|r| *r).await.is_ok()
+    }
+
+    /// Waits until the gateway has drained and stopped (after the token
+    /// given to [`start`] was cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "gateway task failed");
+        }
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
+/// Starts the gateway on the current runtime. Cancelling `shutdown`
+/// drains it; [`Running::wait`] returns once it stopped.
+///
+/// # Errors
+/// If a listener cannot be bound or the control plane address is invalid.
+pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Running, Error> {
+    let listener = bind(options.listen).map_err(|source| Error::Bind {
+        what: "gateway",
+        address: options.listen,
+        source,
+    })?;
+    let listen = listener.local_addr().map_err(|source| Error::Bind {
+        what: "gateway",
+        address: options.listen,
+        source,
+    })?;
+    let xds_listener = options.xds_listener.clone().unwrap_or_else(|| {
+        let port = if options.listen.port() == 0 { DEFAULT_PORT } else { options.listen.port() };
+        format!("0.0.0.0_{port}")
+    });
+    // `drain` stops accepting (SIGTERM or POST /drain); `stop` ends the
+    // xDS client and admin once connections are done; `force` closes
+    // connections left after the grace period.
+    let drain = shutdown.child_token();
+    let stop = CancellationToken::new();
+    let force = CancellationToken::new();
+
+    let (config, xds) = match &options.config {
+        ConfigSource::Static(rx) => (rx.clone(), None),
+        ConfigSource::ControlPlane(address) => {
+            let uri = if address.contains("://") { address.clone() } else { format!("http://{address}") };
+            let connector = PlaintextConnector::new(&uri)?;
+            let client = XdsClient::spawn(XdsOptions::new(options.node.to_node()), connector, stop.clone());
+            (client.config(), Some(client))
+        }
+    };
+    let (xds_ready_tx, xds_ready) = watch::channel(xds.is_none());
+    let xds_task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if let Some(client) = xds {
+                if client.ready().await.is_ok() {
+                    xds_ready_tx.send_replace(true);
+                }
+                stop.cancelled().await;
+                client.join().await;
+            }
+        }
+    });
+    let (routes_tx, routes) = watch::channel(Arc::new(RouteTable::default()));
+    let (ready_tx, ready) = watch::channel(false);
+    let routes_task = tokio::spawn(keep_routes(config.clone(), xds_ready, xds_listener, routes_tx, ready_tx, stop.clone()));
+
+    let mut registry = Registry::with_prefix("isthmus");
+    let metrics = Metrics::register(&mut registry);
+    let admin = match options.admin {
+        None => None,
+        Some(address) => {
+            let std_listener = std::net::TcpListener::bind(address).map_err(|source| Error::Bind {
+                what: "admin",
+                address,
+                source,
+            })?;
+            let bound = std_listener.local_addr().map_err(Error::Admin)?;
+            let server = admin_server(Arc::new(registry), config, ready.clone(), routes.clone(), drain.clone());
+            let thread = server.spawn_dedicated(std_listener, stop.clone()).map_err(Error::Admin)?;
+            Some((bound, thread))
+        }
+    };
+    let admin_address = admin.as_ref().map(|(a, _)| *a);
+
+    let shared = Arc::new(Shared {
+        routes,
+        metrics,
+        settings: Settings {
+            max_client_hello: options.max_client_hello,
+            client_hello_timeout: options.client_hello_timeout,
+            max_connections_per_service: options.max_connections_per_service,
+            connect_attempts: options.connect_attempts,
+            splice: options.splice,
+        },
+        force: force.clone(),
+    });
+    let grace = options.drain_grace;
+    let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let span = tracing::info_span!("gateway", cluster = %options.node.cluster, %listen);
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let tracker = TaskTracker::new();
+            accept_loop(listener, limit, shared, tracker.clone(), drain).await;
+            tracker.close();
+            tracing::info!(connections = tracker.len(), "draining");
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!(connections = tracker.len(), "drain grace period over; closing the rest");
+                force.cancel();
+                tracker.wait().await;
+            }
+            stop.cancel();
+            let _ = routes_task.await;
+            let _ = xds_task.await;
+            if let Some((_, thread)) = admin {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            tracing::info!("stopped");
+        },
+        span,
+    ));
+    Ok(Running {
+        listen,
+        admin: admin_address,
+        ready,
+        task,
+    })
+}
+
+/// Rebuilds the route table on every config change; ready once the xDS
+/// client is and the table reflects its config.
+async fn keep_routes(
+    mut config: watch::Receiver<Arc<ProxyConfig>>,
+    mut xds_ready: watch::Receiver<bool>,
+    listener: String,
+    routes: watch::Sender<Arc<RouteTable>>,
+    ready: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let mut config_changed = true;
+    loop {
+        if config_changed {
+            let current = config.borrow_and_update().clone();
+            let table = RouteTable::build(&current, &listener, &routes.borrow());
+            for w in &table.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(snis = table.len(), "routes updated");
+            routes.send_replace(Arc::new(table));
+        }
+        let is_ready = *xds_ready.borrow_and_update();
+        ready.send_if_modified(|r| std::mem::replace(r, is_ready) != is_ready);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    stop.cancelled().await;
+                    return;
+                }
+                config_changed = true;
+            }
+            changed = xds_ready.changed(), if !is_ready => {
+                config_changed = false;
+                if changed.is_err() {
+                    stop.cancelled().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The admin endpoints plus `/routes` (SNI → service, open connections).
+fn admin_server(
+    registry: Arc<Registry>,
+    config: watch::Receiver<Arc<ProxyConfig>>,
+    ready: watch::Receiver<bool>,
+    routes: watch::Receiver<Arc<RouteTable>>,
+    drain: CancellationToken,
+) -> AdminServer {
+    AdminServer::builder()
+        .metrics(registry)
+        .config(config)
+        .ready(move || *ready.borrow())
+        .drain(drain)
+        .route("/routes", move |_| {
+            let table = routes.borrow().clone();
+            admin::json(StatusCode::OK, &json!({ "routes": table.to_json(), "warnings": table.warnings }))
+        })
+        .build()
+}
