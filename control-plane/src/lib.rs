@@ -8,6 +8,7 @@
 pub mod ca;
 pub mod controller;
 pub mod debug;
+pub mod dns_feed;
 pub mod registry;
 pub mod run;
 pub mod xds;

@@ -184,6 +184,12 @@ pub async fn start(
     let mut metrics = prometheus_client::registry::Registry::with_prefix("isthmus_control_plane");
     let ads_metrics = AdsMetrics::register(&mut metrics);
     let published = crate::controller::spawn(&store, mesh, shutdown.clone());
+    // The DNS servers' feed (isthmus.dns.v1), served next to ADS.
+    let dns_feed = crate::dns_feed::DnsFeedService::spawn(
+        published.push.clone(),
+        crate::dns_feed::FeedOptions::default(),
+        shutdown.clone(),
+    );
     let ads = AdsServer::new(
         published.state.clone(),
         AdsOptions {
@@ -246,6 +252,7 @@ pub async fn start(
             tonic::transport::Server::builder()
                 .add_service(service)
                 .add_service(CertificateServer::new(ca, auth).into_service())
+                .add_service(dns_feed.into_service())
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
         }

@@ -70,9 +70,19 @@ fn route<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
         "/ready" => {
             let s = state.snapshot.load();
             if s.from_feed {
-                text(StatusCode::OK, format!("ready: version {} with {} services\n", s.version, s.services()))
+                text(
+                    StatusCode::OK,
+                    format!(
+                        "ready: version {} with {} services\n",
+                        s.version,
+                        s.services()
+                    ),
+                )
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no snapshot from the control plane yet\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no snapshot from the control plane yet\n".into(),
+                )
             }
         }
         "/metrics" => {
@@ -85,7 +95,10 @@ fn route<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
                     )
                     .body(Full::new(Bytes::from(body)))
                     .expect("static response"),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n".into()),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding metrics failed\n".into(),
+                ),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "try /ready or /metrics\n".into()),

@@ -130,7 +130,9 @@ async fn stream(
         for zone in &snapshot.zones {
             metrics.set_zone_size(&zone.config.origin.to_string(), zone.services);
         }
-        metrics.snapshot_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        metrics
+            .snapshot_version
+            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
         metrics.feed_updates.inc();
         tracing::info!(
             version = snapshot.version,

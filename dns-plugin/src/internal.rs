@@ -60,8 +60,14 @@ pub fn sample_feed() -> proto::Snapshot {
                 protocol: "HTTP".into(),
             }],
             clusters: vec![
-                cluster("east", vec![endpoint("10.0.0.1", "us-east/us-east-1a", true)]),
-                cluster("west", vec![endpoint("192.0.2.1", "us-west/us-west-1a", true)]),
+                cluster(
+                    "east",
+                    vec![endpoint("10.0.0.1", "us-east/us-east-1a", true)],
+                ),
+                cluster(
+                    "west",
+                    vec![endpoint("192.0.2.1", "us-west/us-west-1a", true)],
+                ),
             ],
             exported: true,
         }],

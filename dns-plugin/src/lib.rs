@@ -77,7 +77,12 @@ pub mod zone;
 pub mod internal;
 
 /// CoreDNS's `grpc` plugin protocol (`coredns.dns.DnsService`).
-#[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_docs,
+    missing_debug_implementations
+)]
 pub mod coredns {
     tonic::include_proto!("coredns.dns");
 }

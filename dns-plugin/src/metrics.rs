@@ -63,7 +63,11 @@ impl DnsMetrics {
                     .clone()
             })
         });
-        registry.register("queries", "DNS queries answered, by type and response code", family);
+        registry.register(
+            "queries",
+            "DNS queries answered, by type and response code",
+            family,
+        );
         let latency = LatencyHistogram::default();
         registry.register(
             "request_duration_seconds",
@@ -71,7 +75,11 @@ impl DnsMetrics {
             latency.clone(),
         );
         let zone_services = Family::<ZoneLabels, Gauge>::default();
-        registry.register("zone_services", "Services answered in each zone", zone_services.clone());
+        registry.register(
+            "zone_services",
+            "Services answered in each zone",
+            zone_services.clone(),
+        );
         let m = DnsMetrics {
             queries: Arc::new(queries),
             latency,
@@ -82,11 +90,31 @@ impl DnsMetrics {
             rate_limited: Counter::default(),
             upstream_errors: Counter::default(),
         };
-        registry.register("snapshot_version", "Version of the control-plane snapshot being served", m.snapshot_version.clone());
-        registry.register("feed_updates", "Snapshots received from the control plane", m.feed_updates.clone());
-        registry.register("feed_connected", "1 while the control-plane feed stream is up", m.feed_connected.clone());
-        registry.register("rate_limited", "UDP queries dropped by the per-source rate limit", m.rate_limited.clone());
-        registry.register("upstream_errors", "Forwarded queries the upstream did not answer", m.upstream_errors.clone());
+        registry.register(
+            "snapshot_version",
+            "Version of the control-plane snapshot being served",
+            m.snapshot_version.clone(),
+        );
+        registry.register(
+            "feed_updates",
+            "Snapshots received from the control plane",
+            m.feed_updates.clone(),
+        );
+        registry.register(
+            "feed_connected",
+            "1 while the control-plane feed stream is up",
+            m.feed_connected.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "UDP queries dropped by the per-source rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Forwarded queries the upstream did not answer",
+            m.upstream_errors.clone(),
+        );
         m
     }
 
@@ -118,7 +146,9 @@ impl DnsMetrics {
     /// Records how many services each zone answers.
     pub fn set_zone_size(&self, zone: &str, services: usize) {
         self.zone_services
-            .get_or_create(&ZoneLabels { zone: zone.to_string() })
+            .get_or_create(&ZoneLabels {
+                zone: zone.to_string(),
+            })
             .set(i64::try_from(services).unwrap_or(i64::MAX));
     }
 }
@@ -146,7 +176,10 @@ impl LatencyHistogram {
     /// Adds one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
+        let i = BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BOUNDS.len());
         self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);

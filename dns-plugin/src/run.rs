@@ -188,7 +188,13 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         node: format!("dns~{}~{dns}", options.cluster),
         ..FeedOptions::new(options.control_plane.clone())
     };
-    tasks.spawn(feed_task(feed_options, config, snapshot.clone(), metrics, shutdown.clone()));
+    tasks.spawn(feed_task(
+        feed_options,
+        config,
+        snapshot.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
     if let Some(listener) = admin {
         let state = AdminState {
             snapshot: snapshot.clone(),
@@ -204,7 +210,8 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         let service = CoreDnsService::new(handler).into_service();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -228,7 +235,10 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         })
         .await;
         drained.unwrap_or_else(|_| {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "DNS drain took too long; stopping");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "DNS drain took too long; stopping"
+            );
             Ok(())
         })
     });

@@ -21,9 +21,15 @@ pub enum ForwardError {
         source: std::io::Error,
     },
     #[error("upstream {upstream} did not answer within {timeout:?}")]
-    Timeout { upstream: SocketAddr, timeout: Duration },
+    Timeout {
+        upstream: SocketAddr,
+        timeout: Duration,
+    },
     #[error("upstream {upstream} sent an undecodable reply: {reason}")]
-    Decode { upstream: SocketAddr, reason: String },
+    Decode {
+        upstream: SocketAddr,
+        reason: String,
+    },
 }
 
 /// One upstream resolver.

@@ -95,7 +95,8 @@ impl RequestHandler for Handler {
             return info_without_response(request, ResponseCode::Refused);
         }
         let info = self.respond(request, response).await;
-        self.metrics.observe(qtype, info.response_code, started.elapsed());
+        self.metrics
+            .observe(qtype, info.response_code, started.elapsed());
         info
     }
 }
@@ -124,7 +125,11 @@ impl Handler {
     }
 
     /// Decides the answer from the snapshot, or that the query goes upstream.
-    fn classify<'a>(&self, request: &Request, snapshot: &'a Snapshot) -> Result<Answer<'a>, Forward> {
+    fn classify<'a>(
+        &self,
+        request: &Request,
+        snapshot: &'a Snapshot,
+    ) -> Result<Answer<'a>, Forward> {
         if request.metadata.op_code != OpCode::Query {
             return Ok(Answer::error(ResponseCode::NotImp));
         }
@@ -187,7 +192,10 @@ impl Handler {
         edns: Option<&Edns>,
         response: R,
     ) -> ResponseInfo {
-        let upstream = self.upstream.as_ref().expect("forward only with an upstream");
+        let upstream = self
+            .upstream
+            .as_ref()
+            .expect("forward only with an upstream");
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
         let reply: Message = match upstream.query(request.as_slice()).await {
@@ -196,8 +204,8 @@ impl Handler {
                 tracing::debug!(%error, "upstream query failed");
                 self.metrics.upstream_errors.inc();
                 metadata.response_code = ResponseCode::ServFail;
-                let message = MessageResponseBuilder::new(&request.queries, edns)
-                    .build_no_records(metadata);
+                let message =
+                    MessageResponseBuilder::new(&request.queries, edns).build_no_records(metadata);
                 return send(response, message, request).await;
             }
         };

@@ -30,7 +30,12 @@ impl Snapshot {
     }
 }
 
-fn build_zone(zone: &ZoneConfig, feed: &proto::Snapshot, config: &AnswerConfig, ttl: u32) -> ZoneData {
+fn build_zone(
+    zone: &ZoneConfig,
+    feed: &proto::Snapshot,
+    config: &AnswerConfig,
+    ttl: u32,
+) -> ZoneData {
     let origin = zone.origin.clone();
     let mut names: HashMap<Box<[u8]>, Node> = HashMap::with_capacity(feed.services.len() * 2);
     let mut empty_non_terminals = HashSet::new();
@@ -52,21 +57,28 @@ fn build_zone(zone: &ZoneConfig, feed: &proto::Snapshot, config: &AnswerConfig, 
         let mut node = Node::default();
         for ip in &addresses {
             match ip {
-                IpAddr::V4(v4) => node.a.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(*v4)))),
-                IpAddr::V6(v6) => node
-                    .aaaa
-                    .push(Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(*v6)))),
+                IpAddr::V4(v4) => {
+                    node.a
+                        .push(Record::from_rdata(owner.clone(), ttl, RData::A(A(*v4))))
+                }
+                IpAddr::V6(v6) => node.aaaa.push(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::AAAA(AAAA(*v6)),
+                )),
             }
         }
         let additionals: Vec<Record> = node.a.iter().chain(&node.aaaa).cloned().collect();
         for port in &svc.ports {
-            let (Ok(number), Ok(label)) = (u16::try_from(port.number), port_label(&port.name)) else {
+            let (Ok(number), Ok(label)) = (u16::try_from(port.number), port_label(&port.name))
+            else {
                 continue;
             };
             let srv = RData::SRV(SRV::new(0, 100, number, owner.clone()));
-            node.srv.push(Record::from_rdata(owner.clone(), ttl, srv.clone()));
-            let Ok(port_owner) = Name::from_labels([label.as_bytes(), b"_tcp"])
-                .and_then(|n| n.append_name(&owner))
+            node.srv
+                .push(Record::from_rdata(owner.clone(), ttl, srv.clone()));
+            let Ok(port_owner) =
+                Name::from_labels([label.as_bytes(), b"_tcp"]).and_then(|n| n.append_name(&owner))
             else {
                 continue;
             };
@@ -75,12 +87,19 @@ fn build_zone(zone: &ZoneConfig, feed: &proto::Snapshot, config: &AnswerConfig, 
                 additionals: additionals.clone(),
                 ..Node::default()
             };
-            names.insert(key([label.as_str(), "_tcp"].into_iter().chain(base.iter().map(String::as_str))), port_node);
+            names.insert(
+                key([label.as_str(), "_tcp"]
+                    .into_iter()
+                    .chain(base.iter().map(String::as_str))),
+                port_node,
+            );
         }
         node.additionals = additionals;
         // `_tcp.<svc>...` exists as soon as a port does.
         if !node.srv.is_empty() {
-            empty_non_terminals.insert(key(std::iter::once("_tcp").chain(base.iter().map(String::as_str))));
+            empty_non_terminals.insert(key(
+                std::iter::once("_tcp").chain(base.iter().map(String::as_str))
+            ));
         }
         // Every suffix of the service's relative name exists too (`<ns>`, `<ns>.svc`, `svc`).
         for skip in 1..base.len() {
@@ -104,11 +123,15 @@ fn build_zone(zone: &ZoneConfig, feed: &proto::Snapshot, config: &AnswerConfig, 
 
 /// `ns.<zone>`: the name this server calls itself in SOA and NS records.
 pub(super) fn nameserver(origin: &Name) -> Name {
-    origin.prepend_label("ns").unwrap_or_else(|_| origin.clone())
+    origin
+        .prepend_label("ns")
+        .unwrap_or_else(|_| origin.clone())
 }
 
 fn soa_record(origin: &Name, serial: u32, ttl: u32) -> Record {
-    let rname = origin.prepend_label("hostmaster").unwrap_or_else(|_| origin.clone());
+    let rname = origin
+        .prepend_label("hostmaster")
+        .unwrap_or_else(|_| origin.clone());
     // refresh/retry/expire matter only to secondaries (we have none); minimum is the
     // negative-caching TTL, kept as short as positive answers so a new service resolves fast.
     let soa = SOA::new(nameserver(origin), rname, serial, 60, 10, 3600, ttl);
@@ -118,9 +141,7 @@ fn soa_record(origin: &Name, serial: u32, ttl: u32) -> Record {
 /// Relative labels of a service in a zone, lowercased; `None` unless both are DNS labels.
 fn service_labels(layout: Layout, name: &str, namespace: &str) -> Option<Vec<String>> {
     let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
     if !ok(name) || !ok(namespace) {
         return None;
@@ -136,7 +157,9 @@ fn service_labels(layout: Layout, name: &str, namespace: &str) -> Option<Vec<Str
 fn port_label(name: &str) -> Result<String, ()> {
     if name.is_empty()
         || name.len() > 62
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(());
     }

@@ -37,7 +37,9 @@ impl FromStr for Policy {
         match s.to_ascii_lowercase().as_str() {
             "vip" => Ok(Policy::Vip),
             "endpoints" => Ok(Policy::Endpoints),
-            other => Err(format!("unknown answer policy {other:?}: expected vip or endpoints")),
+            other => Err(format!(
+                "unknown answer policy {other:?}: expected vip or endpoints"
+            )),
         }
     }
 }

@@ -12,7 +12,11 @@ use isthmus_proto::dns as proto;
 /// possibly-stale address beats an empty answer). Order: this server's
 /// cluster first, then by locality proximity (same zone, same region,
 /// others), ties kept in feed order (clusters by name). Duplicates dropped.
-pub fn order_endpoints(svc: &proto::GlobalService, cluster: &str, locality: &Locality) -> Vec<IpAddr> {
+pub fn order_endpoints(
+    svc: &proto::GlobalService,
+    cluster: &str,
+    locality: &Locality,
+) -> Vec<IpAddr> {
     let any_healthy = svc.clusters.iter().any(|c| c.healthy > 0);
     let mut picked: Vec<((bool, Proximity), IpAddr)> = Vec::new();
     for c in &svc.clusters {

@@ -39,16 +39,44 @@ fn lookup<'a>(s: &'a Snapshot, q: &str) -> Found<'a> {
 #[test]
 fn names_in_both_zone_layouts() {
     let s = Snapshot::build(&crate::internal::sample_feed(), &config(Policy::Vip));
-    let Found::Node(n) = lookup(&s, "Reviews.DEFAULT.global.") else { panic!("global name") };
-    assert_eq!(addrs(n), ["240.240.1.2".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()]);
-    assert!(matches!(lookup(&s, "reviews.default.svc.clusterset.local."), Found::Node(_)));
-    assert!(matches!(lookup(&s, "reviews.default.clusterset.local."), Found::NxDomain));
+    let Found::Node(n) = lookup(&s, "Reviews.DEFAULT.global.") else {
+        panic!("global name")
+    };
+    assert_eq!(
+        addrs(n),
+        [
+            "240.240.1.2".parse::<IpAddr>().unwrap(),
+            "fd00::1".parse().unwrap()
+        ]
+    );
+    assert!(matches!(
+        lookup(&s, "reviews.default.svc.clusterset.local."),
+        Found::Node(_)
+    ));
+    assert!(matches!(
+        lookup(&s, "reviews.default.clusterset.local."),
+        Found::NxDomain
+    ));
     assert!(matches!(lookup(&s, "global."), Found::Apex));
-    assert!(matches!(lookup(&s, "default.global."), Found::EmptyNonTerminal));
-    assert!(matches!(lookup(&s, "svc.clusterset.local."), Found::EmptyNonTerminal));
-    assert!(matches!(lookup(&s, "_tcp.reviews.default.global."), Found::EmptyNonTerminal));
-    assert!(matches!(lookup(&s, "ratings.default.global."), Found::NxDomain));
-    let Found::Node(srv) = lookup(&s, "_http._tcp.reviews.default.global.") else { panic!("srv name") };
+    assert!(matches!(
+        lookup(&s, "default.global."),
+        Found::EmptyNonTerminal
+    ));
+    assert!(matches!(
+        lookup(&s, "svc.clusterset.local."),
+        Found::EmptyNonTerminal
+    ));
+    assert!(matches!(
+        lookup(&s, "_tcp.reviews.default.global."),
+        Found::EmptyNonTerminal
+    ));
+    assert!(matches!(
+        lookup(&s, "ratings.default.global."),
+        Found::NxDomain
+    ));
+    let Found::Node(srv) = lookup(&s, "_http._tcp.reviews.default.global.") else {
+        panic!("srv name")
+    };
     assert_eq!(srv.srv.len(), 1);
     assert_eq!(srv.additionals.len(), 2);
 }
@@ -56,7 +84,10 @@ fn names_in_both_zone_layouts() {
 #[test]
 fn escaped_dot_in_a_label_does_not_alias_two_labels() {
     let s = Snapshot::build(&crate::internal::sample_feed(), &config(Policy::Vip));
-    assert!(matches!(lookup(&s, "reviews\\.default.global."), Found::NxDomain));
+    assert!(matches!(
+        lookup(&s, "reviews\\.default.global."),
+        Found::NxDomain
+    ));
 }
 
 fn svc(clusters: Vec<(&str, Vec<(&str, &str, bool)>)>) -> proto::GlobalService {
@@ -94,7 +125,13 @@ fn endpoints_local_cluster_then_region_then_others() {
     let s = svc(vec![
         ("central", vec![("10.3.0.1", "eu/eu-1a", true)]),
         ("east", vec![("10.1.0.1", "us-east/us-east-1b", true)]),
-        ("west", vec![("10.2.0.1", "us-east/us-east-1a", true), ("10.2.0.2", "us-west/x", true)]),
+        (
+            "west",
+            vec![
+                ("10.2.0.1", "us-east/us-east-1a", true),
+                ("10.2.0.2", "us-west/x", true),
+            ],
+        ),
     ]);
     let me: Locality = "us-east/us-east-1a".parse().unwrap();
     assert_eq!(
@@ -108,20 +145,28 @@ fn unhealthy_clusters_left_out_unless_none_is_healthy() {
     let me = Locality::default();
     let s = svc(vec![
         ("east", vec![("10.1.0.1", "", false)]),
-        ("west", vec![("10.2.0.1", "", true), ("10.2.0.2", "", false)]),
+        (
+            "west",
+            vec![("10.2.0.1", "", true), ("10.2.0.2", "", false)],
+        ),
     ]);
     assert_eq!(order_endpoints(&s, "east", &me), ips(&["10.2.0.1"]));
     let s = svc(vec![
         ("east", vec![("10.1.0.1", "", false)]),
         ("west", vec![("10.2.0.1", "", false)]),
     ]);
-    assert_eq!(order_endpoints(&s, "east", &me), ips(&["10.1.0.1", "10.2.0.1"]));
+    assert_eq!(
+        order_endpoints(&s, "east", &me),
+        ips(&["10.1.0.1", "10.2.0.1"])
+    );
 }
 
 #[test]
 fn endpoints_policy_answers_ordered_addresses() {
     let s = Snapshot::build(&crate::internal::sample_feed(), &config(Policy::Endpoints));
-    let Found::Node(n) = lookup(&s, "reviews.default.global.") else { panic!() };
+    let Found::Node(n) = lookup(&s, "reviews.default.global.") else {
+        panic!()
+    };
     assert_eq!(addrs(n), ips(&["10.0.0.1", "192.0.2.1"]));
 }
 
@@ -130,7 +175,9 @@ fn soa_serial_is_the_feed_version() {
     let mut feed = crate::internal::sample_feed();
     feed.version = 42;
     let s = Snapshot::build(&feed, &config(Policy::Vip));
-    let RData::SOA(soa) = &s.zones[0].soa.data else { panic!() };
+    let RData::SOA(soa) = &s.zones[0].soa.data else {
+        panic!()
+    };
     assert_eq!(soa.serial, 42);
     assert_eq!(s.services(), 1);
 }
