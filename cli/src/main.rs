@@ -7,6 +7,7 @@
 
 mod ca;
 mod control_plane;
+mod dns;
 mod iptables;
 mod validate;
 
@@ -41,6 +42,8 @@ enum Command {
     Crds,
     /// Run this cluster's control plane (service registry, xDS, CA).
     ControlPlane(Box<control_plane::ControlPlaneArgs>),
+    /// Run the cross-cluster DNS server (.global, clusterset.local names).
+    Dns(Box<dns::DnsArgs>),
     /// Show the xDS config the control plane last sent to a proxy.
     ProxyConfig {
         /// What to show.
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { paths, json } => validate::run(&paths, json, &mut out),
         Command::ControlPlane(args) => control_plane::run(*args),
+        Command::Dns(args) => dns::run(*args),
         Command::ProxyConfig {
             kind,
             proxy,
