@@ -77,15 +77,8 @@ impl DirectorySource {
         let mut scanner = Scanner::new(&root);
         let name = self.name();
         store.register_source(&name);
-        let report = scanner
-            .rescan(&store)
-            .map_err(|source| SourceError::Directory {
-                path: shown.clone(),
-                source,
-            })?;
-        info!(dir = %shown, files = report.files, errors = report.errors, "loaded config directory");
-        store.mark_synced(&name);
-
+        // Watch before the first scan: a file written between the scan and
+        // the watch would otherwise wait for the periodic resync.
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -107,6 +100,15 @@ impl DirectorySource {
                 source,
             },
         )?;
+
+        let report = scanner
+            .rescan(&store)
+            .map_err(|source| SourceError::Directory {
+                path: shown.clone(),
+                source,
+            })?;
+        info!(dir = %shown, files = report.files, errors = report.errors, "loaded config directory");
+        store.mark_synced(&name);
 
         let mut resync = tokio::time::interval(self.resync);
         resync.reset();

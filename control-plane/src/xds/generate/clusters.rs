@@ -308,11 +308,19 @@ pub fn inbound_name(port: u16) -> String {
 fn inbound(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
     super::listeners::workload_ports(pc, proxy)
         .into_iter()
-        .map(|(_, target, _)| {
+        .map(|(_, target, protocol)| {
             let name = inbound_name(target);
+            // The sidecar speaks to the app in the port's protocol (h2c for gRPC).
+            let typed_extension_protocol_options =
+                if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
+                    http2_options()
+                } else {
+                    HashMap::new()
+                };
             resource(
                 name.clone(),
                 Cluster {
+                    typed_extension_protocol_options,
                     name: name.clone(),
                     cluster_discovery_type: Some(ClusterDiscoveryType::Type(
                         DiscoveryType::Static as i32,

@@ -1,0 +1,422 @@
+//! The inbound listener(s) and the request path to the local application.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use isthmus_proxy_core::balance::{Outcome, PickContext};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::authz::{Decision, HttpAttributes, RequestAttributes, normalize_host, normalize_path};
+use crate::body::{self, Body};
+use crate::flags::Flags;
+use crate::metrics::{Reporter, RequestLabels};
+use crate::outbound::http::strip_hop_by_hop;
+use crate::outbound::{Proxy, accept_loop};
+use crate::run::Drain;
+use crate::server;
+use crate::state::{InboundPort, InboundProtocol, Snapshot};
+
+/// Time a client has to send its first byte and finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Explicit mode: this listener serves workload port `port`.
+pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener, port: u16, drain: Drain) {
+    let d = drain.clone();
+    accept_loop(listener, drain, move |stream, peer| {
+        let proxy = proxy.clone();
+        let watcher = d.watcher();
+        async move { connection(proxy, stream, peer, port, watcher).await }
+    })
+    .await;
+}
+
+/// Transparent mode: 15006, the workload port is the original destination's.
+pub async fn serve_transparent(proxy: Arc<Proxy>, listener: TcpListener, drain: Drain) {
+    let d = drain.clone();
+    accept_loop(listener, drain, move |stream, peer| {
+        let proxy = proxy.clone();
+        let watcher = d.watcher();
+        async move {
+            match crate::capture::original_destination(&stream) {
+                Ok(dst) => connection(proxy, stream, peer, dst.port(), watcher).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "inbound: no original destination"),
+            }
+        }
+    })
+    .await;
+}
+
+/// Who is calling, as the handshake established.
+#[derive(Clone, Debug)]
+struct Peer {
+    addr: SocketAddr,
+    local: SocketAddr,
+    principal: Option<String>,
+    sni: Option<String>,
+}
+
+async fn connection(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    port: u16,
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+) {
+    let snapshot = proxy.snapshot();
+    let Some(cfg) = snapshot.inbound.get(&port).cloned() else {
+        tracing::debug!(%addr, port, "inbound: no chain for this port; closing");
+        return;
+    };
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
+    let mut first = [0u8; 1];
+    let is_tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        _ => return,
+    };
+    let limits = proxy.limits;
+    if is_tls {
+        let Some(server_tls) = (cfg.mtls).then(|| snapshot.server_tls.clone()).flatten() else {
+            tracing::debug!(%addr, port, "inbound: TLS not accepted on this port (or no certificate yet)");
+            return;
+        };
+        let tls = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsAcceptor::from(server_tls).accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::info!(%addr, port, error = %e, "inbound: mTLS handshake refused");
+                return;
+            }
+            Err(_) => return,
+        };
+        let conn = tls.get_ref().1;
+        let principal = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| isthmus_identity::peer_identity(c).ok())
+            .map(|id| id.to_string());
+        let sni = conn.server_name().map(str::to_string);
+        let peer = Peer {
+            addr,
+            local,
+            principal,
+            sni,
+        };
+        dispatch(proxy, snapshot, cfg, tls, peer, limits, watcher).await;
+    } else {
+        if !cfg.plaintext {
+            tracing::debug!(%addr, port, "inbound: plaintext refused (STRICT mTLS)");
+            return;
+        }
+        let peer = Peer {
+            addr,
+            local,
+            principal: None,
+            sni: None,
+        };
+        dispatch(proxy, snapshot, cfg, stream, peer, limits, watcher).await;
+    }
+}
+
+async fn dispatch<I>(
+    proxy: Arc<Proxy>,
+    snapshot: Arc<Snapshot>,
+    cfg: Arc<InboundPort>,
+    io: I,
+    peer: Peer,
+    limits: server::Limits,
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match cfg.protocol {
+        InboundProtocol::Http => {
+            server::serve(io, limits, watcher, move |req| {
+                request(proxy.clone(), cfg.clone(), peer.clone(), req)
+            })
+            .await;
+        }
+        InboundProtocol::Tcp => tcp(proxy, snapshot, cfg, io, peer).await,
+    }
+}
+
+fn labels(proxy: &Proxy, peer: &Peer, protocol: &str) -> RequestLabels {
+    let (src_ns, src_sa) = peer
+        .principal
+        .as_deref()
+        .and_then(|p| p.parse::<isthmus_api::naming::SpiffeId>().ok())
+        .map(|id| (id.namespace, id.service_account))
+        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    let own = format!("{}.{}", proxy.node.workload, proxy.node.namespace);
+    RequestLabels {
+        reporter: Reporter::Destination,
+        source_workload: src_sa,
+        source_workload_namespace: src_ns,
+        source_principal: peer.principal.clone().unwrap_or_else(|| "unknown".into()),
+        source_cluster: "unknown".into(),
+        destination_workload: proxy.node.workload.clone(),
+        destination_workload_namespace: proxy.node.namespace.clone(),
+        destination_principal: "unknown".into(),
+        destination_service: own,
+        destination_service_name: proxy.node.workload.clone(),
+        destination_service_namespace: proxy.node.namespace.clone(),
+        destination_cluster: proxy.node.cluster.clone(),
+        request_protocol: protocol.into(),
+        response_code: 0,
+        response_flags: "-".into(),
+        connection_security_policy: if peer.principal.is_some() {
+            "mutual_tls".into()
+        } else {
+            "none".into()
+        },
+    }
+}
+
+fn local(status: StatusCode, msg: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::from_static(msg.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+async fn request(
+    proxy: Arc<Proxy>,
+    cfg: Arc<InboundPort>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let snapshot = proxy.snapshot();
+    let mut labels = labels(&proxy, &peer, "http");
+    labels.destination_principal = snapshot
+        .credentials
+        .as_ref()
+        .map(|c| c.cert.identity().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let request_bytes = req.body().size_hint().exact().unwrap_or(0);
+    let method = req.method().clone();
+    let raw_path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let (resp, flags) = forward(&snapshot, &cfg, &peer, req).await;
+    labels.response_code = resp.status().as_u16();
+    labels.response_flags = flags.to_string();
+    let m = &proxy.metrics;
+    m.requests.get_or_create(&labels).inc();
+    m.duration_ms
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64() * 1000.0);
+    #[allow(clippy::cast_precision_loss)]
+    m.request_bytes
+        .get_or_create(&labels)
+        .observe(request_bytes as f64);
+    #[allow(clippy::cast_precision_loss)]
+    m.response_bytes
+        .get_or_create(&labels)
+        .observe(resp.body().size_hint().exact().unwrap_or(0) as f64);
+    if proxy.access_log {
+        tracing::info!(
+            target: "access",
+            direction = "inbound",
+            method = %method,
+            path = %raw_path,
+            status = labels.response_code,
+            flags = %labels.response_flags,
+            principal = %labels.source_principal,
+            duration_ms = started.elapsed().as_millis() as u64,
+            downstream = %peer.addr,
+        );
+    }
+    resp
+}
+
+async fn forward(
+    snapshot: &Arc<Snapshot>,
+    cfg: &InboundPort,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> (Response<Body>, Flags) {
+    let raw = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let path = match normalize_path(&raw, req.method()) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                local(e.status(), "bad request path\n"),
+                Flags::INVALID_REQUEST,
+            );
+        }
+    };
+    let authority = crate::outbound::http::authority(&req).unwrap_or_default();
+    let host = normalize_host(&authority);
+    let decision = cfg.authorizer.check(&RequestAttributes {
+        peer_principal: peer.principal.as_deref(),
+        source_ip: peer.addr.ip(),
+        destination_ip: peer.local.ip(),
+        destination_port: cfg.port,
+        sni: peer.sni.as_deref(),
+        http: Some(HttpAttributes {
+            method: req.method(),
+            path: &path,
+            host: &host,
+            headers: req.headers(),
+        }),
+    });
+    if let Decision::Deny { policy } = decision {
+        tracing::debug!(principal = ?peer.principal, %policy, path = path.path(), "inbound: denied");
+        return (
+            local(StatusCode::FORBIDDEN, "RBAC: access denied\n"),
+            Flags::RBAC_DENIED,
+        );
+    }
+    let Some(cluster) = snapshot.clusters.get(&cfg.cluster).cloned() else {
+        return (
+            local(StatusCode::SERVICE_UNAVAILABLE, "no local cluster\n"),
+            Flags::NO_CLUSTER,
+        );
+    };
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The app learns who called from XFCC, set here only (never trusted from outside).
+    parts.headers.remove("x-forwarded-client-cert");
+    if let Some(p) = &peer.principal {
+        let own = snapshot
+            .credentials
+            .as_ref()
+            .map(|c| c.cert.identity().to_string())
+            .unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={p}")) {
+            parts.headers.insert("x-forwarded-client-cert", v);
+        }
+    }
+    // Forward the normalized target so the app sees what authorization saw.
+    let target = path.request_target();
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(if authority.is_empty() {
+            "localhost"
+        } else {
+            authority.as_str()
+        })
+        .path_and_query(target.as_str())
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return (
+                local(StatusCode::BAD_REQUEST, "bad authority\n"),
+                Flags::INVALID_REQUEST,
+            );
+        }
+    };
+    let Some(pick) = cluster.balancer.pick(&PickContext {
+        hash: None,
+        exclude: &[],
+        ..PickContext::default()
+    }) else {
+        return (
+            local(StatusCode::SERVICE_UNAVAILABLE, "no local endpoint\n"),
+            Flags::NO_HEALTHY_UPSTREAM,
+        );
+    };
+    let addr = pick.address();
+    let req = Request::from_parts(parts, body::boxed(incoming));
+    match cluster.pool().send(addr, req, &cluster.balancer).await {
+        Ok(resp) => {
+            pick.report(Outcome::HttpStatus(resp.status().as_u16()));
+            let mut resp = resp.map(body::boxed);
+            strip_hop_by_hop(resp.headers_mut());
+            (resp, Flags::default())
+        }
+        Err(e) => {
+            let connect = e.is_connect_failure();
+            pick.report(if connect {
+                Outcome::ConnectFailure
+            } else {
+                Outcome::Reset
+            });
+            tracing::debug!(%addr, error = %e, "inbound: local app request failed");
+            if connect {
+                (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "local app connect error\n"),
+                    Flags::UPSTREAM_CONNECT_FAILURE,
+                )
+            } else {
+                (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "local app reset\n"),
+                    Flags::UPSTREAM_RESET,
+                )
+            }
+        }
+    }
+}
+
+async fn tcp<I>(
+    proxy: Arc<Proxy>,
+    snapshot: Arc<Snapshot>,
+    cfg: Arc<InboundPort>,
+    mut io: I,
+    peer: Peer,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let decision = cfg.authorizer.check(&RequestAttributes {
+        peer_principal: peer.principal.as_deref(),
+        source_ip: peer.addr.ip(),
+        destination_ip: peer.local.ip(),
+        destination_port: cfg.port,
+        sni: peer.sni.as_deref(),
+        http: None,
+    });
+    if !decision.is_allowed() {
+        tracing::debug!(principal = ?peer.principal, "inbound TCP: denied");
+        return;
+    }
+    let Some(cluster) = snapshot.clusters.get(&cfg.cluster).cloned() else {
+        return;
+    };
+    let Some(pick) = cluster.balancer.pick(&PickContext {
+        hash: None,
+        exclude: &[],
+        ..PickContext::default()
+    }) else {
+        return;
+    };
+    let addr = pick.address();
+    let mut app = match crate::upstream::connect(
+        addr,
+        cluster.balancer.connect_timeout(),
+        None,
+        None,
+    )
+    .await
+    {
+        Ok(s) => {
+            pick.report(Outcome::LocalOriginSuccess);
+            s
+        }
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "inbound TCP: local app unreachable");
+            pick.report(Outcome::ConnectFailure);
+            return;
+        }
+    };
+    let labels = labels(&proxy, &peer, "tcp");
+    crate::outbound::splice_counted(&proxy, &labels, &mut io, &mut app).await;
+}

@@ -1,0 +1,745 @@
+//! One outbound HTTP request: route, fault, balance, retry, mirror.
+//!
+//! ```text
+//! request ─► route table (port) ─► virtual host (authority) ─► route
+//!   ─► fault (abort / delay) ─► redirect | direct response | forward:
+//!        weighted cluster ─► header ops + rewrite ─► circuit breaker
+//!        ─► attempt loop: balancer pick ─► pool send (per-try timeout)
+//!              └─ retry on the policy's conditions, another endpoint first
+//!        ─► mirrors (fire and forget) ─► response header ops
+//! ```
+//!
+//! Bodies are buffered (up to [`MAX_BUFFERED_BODY`]) only when a retry
+//! policy or mirror needs to send them twice; a larger or streaming body is
+//! sent once, and such a request is not retried after its body started.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use isthmus_proxy_core::balance::{Outcome, PickContext};
+
+use super::Proxy;
+use crate::body::{self, Body};
+use crate::flags::Flags;
+use crate::metrics::{Reporter, RequestLabels};
+use crate::route::{RequestInfo, RouteAction};
+use crate::state::{ClusterKind, ClusterState, Snapshot};
+use crate::upstream::UpstreamError;
+
+/// Largest request body kept in memory so it can be retried or mirrored.
+pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+/// Base of the jittered backoff between retries (Envoy: 25 ms).
+const RETRY_BASE: Duration = Duration::from_millis(25);
+/// Cap of the backoff between retries (Envoy: 10 × base).
+const RETRY_MAX: Duration = Duration::from_millis(250);
+/// Bound on a mirrored request.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP) {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// A local answer with a flag.
+fn local(status: StatusCode, flags: Flags, msg: &str) -> (Response<Body>, Flags) {
+    let mut r = Response::new(body::full(Bytes::copy_from_slice(msg.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    (r, flags)
+}
+
+/// A version-4 UUID for `x-request-id`.
+fn request_id() -> HeaderValue {
+    let v: u128 = rand::random();
+    let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let s = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        v >> 96,
+        (v >> 80) & 0xffff,
+        (v >> 64) & 0xffff,
+        (v >> 48) & 0xffff,
+        v & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The authority of a request: `:authority` (HTTP/2, absolute form) or `Host`.
+pub fn authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
+/// Handles one outbound request; `default_port` is the port when the
+/// authority has none (explicit mode: 80; transparent: the original port).
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    default_port: u16,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let snapshot = proxy.snapshot();
+    let request_bytes = req.body().size_hint().exact().unwrap_or(0);
+    let mut labels = RequestLabels {
+        reporter: Reporter::Source,
+        source_workload: proxy.node.workload.clone(),
+        source_workload_namespace: proxy.node.namespace.clone(),
+        source_principal: snapshot
+            .credentials
+            .as_ref()
+            .map(|c| c.cert.identity().to_string())
+            .unwrap_or_default(),
+        source_cluster: proxy.node.cluster.clone(),
+        destination_workload: "unknown".into(),
+        destination_workload_namespace: "unknown".into(),
+        destination_principal: "unknown".into(),
+        destination_service: "unknown".into(),
+        destination_service_name: "unknown".into(),
+        destination_service_namespace: "unknown".into(),
+        destination_cluster: "unknown".into(),
+        request_protocol: if req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+        {
+            "grpc".into()
+        } else {
+            "http".into()
+        },
+        response_code: 0,
+        response_flags: String::new(),
+        connection_security_policy: "unknown".into(),
+    };
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let (mut response, flags, upstream) = route(
+        &proxy,
+        &snapshot,
+        req,
+        (default_port, peer, original_dst),
+        &mut labels,
+    )
+    .await;
+    labels.response_code = response.status().as_u16();
+    labels.response_flags = flags.to_string();
+    let elapsed = started.elapsed();
+    proxy.metrics.requests.get_or_create(&labels).inc();
+    proxy
+        .metrics
+        .duration_ms
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64() * 1000.0);
+    #[allow(clippy::cast_precision_loss)]
+    proxy
+        .metrics
+        .request_bytes
+        .get_or_create(&labels)
+        .observe(request_bytes as f64);
+    #[allow(clippy::cast_precision_loss)]
+    proxy
+        .metrics
+        .response_bytes
+        .get_or_create(&labels)
+        .observe(response.body().size_hint().exact().unwrap_or(0) as f64);
+    if proxy.access_log {
+        tracing::info!(
+            target: "access",
+            direction = "outbound",
+            method = %method,
+            path = %path,
+            status = labels.response_code,
+            flags = %labels.response_flags,
+            upstream_cluster = %labels.destination_service,
+            upstream_host = %upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            duration_ms = elapsed.as_millis() as u64,
+            downstream = %peer,
+        );
+    }
+    if flags != Flags::default()
+        && let Ok(v) = HeaderValue::from_str(&labels.response_flags)
+    {
+        response.headers_mut().insert("x-isthmus-response-flags", v);
+    }
+    response
+}
+
+async fn route(
+    proxy: &Arc<Proxy>,
+    snapshot: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    (default_port, peer, original_dst): (u16, SocketAddr, Option<SocketAddr>),
+    labels: &mut RequestLabels,
+) -> (Response<Body>, Flags, Option<SocketAddr>) {
+    let Some(authority) = authority(&req) else {
+        let (r, f) = local(
+            StatusCode::BAD_REQUEST,
+            Flags::INVALID_REQUEST,
+            "missing Host\n",
+        );
+        return (r, f, None);
+    };
+    let port = authority
+        .parse::<http::uri::Authority>()
+        .ok()
+        .and_then(|a| a.port_u16())
+        .unwrap_or(default_port);
+    let route_name = snapshot
+        .http_ports
+        .get(&port)
+        .cloned()
+        .unwrap_or_else(|| port.to_string());
+    let Some(table) = snapshot.routes.get(&route_name) else {
+        let (r, f) = local(
+            StatusCode::NOT_FOUND,
+            Flags::NO_ROUTE,
+            "no route for this port\n",
+        );
+        return (r, f, None);
+    };
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let info = RequestInfo {
+        method: req.method(),
+        authority: &authority,
+        path_and_query: &path_and_query,
+        headers: req.headers(),
+    };
+    let Some(route) = table.find(&info) else {
+        let (r, f) = local(StatusCode::NOT_FOUND, Flags::NO_ROUTE, "no route matched\n");
+        return (r, f, None);
+    };
+    let mut flags = Flags::default();
+
+    // Fault injection: abort, then delay (Envoy's order: delay first, then abort).
+    if let Some(fault) = &route.fault {
+        if let Some((delay, pct)) = &fault.delay
+            && pct.hit(rand::random())
+        {
+            flags.insert(Flags::DELAY_INJECTED);
+            tokio::time::sleep(*delay).await;
+        }
+        if let Some((abort, pct)) = &fault.abort
+            && pct.hit(rand::random())
+        {
+            let (r, mut f) = fault_response(abort);
+            f.insert(flags);
+            return (r, f, None);
+        }
+    }
+
+    let forward = match &route.action {
+        RouteAction::Direct { status, body: b } => {
+            let mut r = Response::new(b.clone().map_or_else(body::empty, body::full));
+            *r.status_mut() = *status;
+            route.response_headers.apply(r.headers_mut());
+            return (r, flags, None);
+        }
+        RouteAction::Redirect(redirect) => {
+            let (status, location) = redirect.response_location(&info, "http");
+            let mut r = Response::new(body::empty());
+            *r.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            route.response_headers.apply(r.headers_mut());
+            return (r, flags, None);
+        }
+        RouteAction::Forward(f) => f,
+    };
+    let target = forward.clusters.pick(rand::random());
+    service_labels(labels, &target.name);
+    let Some(cluster) = snapshot.clusters.get(&target.name).cloned() else {
+        let (r, f) = local(
+            forward.cluster_not_found,
+            Flags::NO_CLUSTER,
+            "no such cluster\n",
+        );
+        return (r, f, None);
+    };
+    let hash = forward.request_hash(&info, peer.ip());
+    // Passthrough in explicit mode: where the authority resolves (the app
+    // used the sidecar as its HTTP proxy for a host the mesh does not know).
+    let original_dst = match (cluster.kind, original_dst) {
+        (ClusterKind::OriginalDst, None) => {
+            let lookup = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((host_of(&authority), port)),
+            )
+            .await;
+            match lookup {
+                Ok(Ok(mut addrs)) => addrs.next(),
+                _ => None,
+            }
+        }
+        (_, dst) => dst,
+    };
+    if cluster.kind == ClusterKind::OriginalDst && original_dst.is_none() {
+        let (r, f) = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::DNS_FAILURE,
+            "no such host\n",
+        );
+        return (r, f, None);
+    }
+
+    // The upstream request: headers, rewrite, authority carried in the URI.
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", request_id());
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    target.request_headers.apply(&mut parts.headers);
+    route.request_headers.apply(&mut parts.headers);
+    if let Err(e) = forward.rewrite(route, &mut parts) {
+        tracing::debug!(error = %e, "rewrite failed");
+        let (r, f) = local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Flags::INVALID_REQUEST,
+            "rewrite failed\n",
+        );
+        return (r, f, None);
+    }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or(authority);
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(pq.as_str())
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            let (r, f) = local(
+                StatusCode::BAD_REQUEST,
+                Flags::INVALID_REQUEST,
+                "invalid authority\n",
+            );
+            return (r, f, None);
+        }
+    };
+
+    // Buffer the body when it must be sent more than once.
+    let replay =
+        forward.retry.as_ref().is_some_and(|r| r.num_retries > 0) || !forward.mirrors.is_empty();
+    let small = incoming
+        .size_hint()
+        .upper()
+        .is_some_and(|u| u <= MAX_BUFFERED_BODY as u64);
+    let mut streaming = None;
+    let mut buffered = None;
+    if replay && small {
+        match Limited::new(incoming, MAX_BUFFERED_BODY).collect().await {
+            Ok(c) => buffered = Some(c.to_bytes()),
+            Err(_) => {
+                let (r, f) = local(
+                    StatusCode::BAD_REQUEST,
+                    Flags::DOWNSTREAM_RESET,
+                    "request body failed\n",
+                );
+                return (r, f, None);
+            }
+        }
+    } else {
+        streaming = Some(body::boxed(incoming));
+    }
+
+    // Mirrors: copies of the request, never awaited, never affecting the answer.
+    if let Some(bytes) = &buffered {
+        for m in &forward.mirrors {
+            if !m.sampled(rand::random()) {
+                continue;
+            }
+            if let Some(mc) = snapshot.clusters.get(&m.cluster).cloned() {
+                let mut mparts = clone_parts(&parts);
+                let shadow = if m.shadow_host_suffix {
+                    shadow_authority(&authority)
+                } else {
+                    authority.clone()
+                };
+                if let Ok(u) = Uri::builder()
+                    .scheme("http")
+                    .authority(shadow.as_str())
+                    .path_and_query(pq.as_str())
+                    .build()
+                {
+                    mparts.uri = u;
+                }
+                let req = Request::from_parts(mparts, body::full(bytes.clone()));
+                tokio::spawn(mirror(mc, req));
+            }
+        }
+    }
+
+    let Some(_request_permit) = cluster.balancer.try_request() else {
+        let (r, f) = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::UPSTREAM_OVERFLOW,
+            "upstream overflow\n",
+        );
+        return (r, f, None);
+    };
+
+    let attempts = async {
+        forward_attempts(
+            proxy,
+            &cluster,
+            parts,
+            buffered,
+            streaming,
+            forward.retry.as_ref(),
+            PickContext {
+                hash,
+                original_dst,
+                ..PickContext::default()
+            },
+        )
+        .await
+    };
+    let (resp, mut f, upstream) = match forward.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => {
+                let (r, f) = local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Flags::UPSTREAM_TIMEOUT,
+                    "upstream request timeout\n",
+                );
+                (r, f, None)
+            }
+        },
+        None => attempts.await,
+    };
+    f.insert(flags);
+    let mut resp = resp;
+    target.response_headers.apply(resp.headers_mut());
+    route.response_headers.apply(resp.headers_mut());
+    (resp, f, upstream)
+}
+
+/// The host part of an authority (brackets of an IPv6 literal removed).
+fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Fills the destination labels from an `outbound|port|subset|host` name.
+fn service_labels(labels: &mut RequestLabels, cluster: &str) {
+    let mut parts = cluster.splitn(4, '|');
+    if let (Some("outbound"), Some(_), Some(_), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        labels.destination_service = host.to_string();
+        let mut h = host.split('.');
+        if let (Some(name), Some(ns)) = (h.next(), h.next()) {
+            labels.destination_service_name = name.to_string();
+            labels.destination_service_namespace = ns.to_string();
+        }
+    } else {
+        labels.destination_service = cluster.to_string();
+    }
+}
+
+fn fault_response(abort: &crate::route::FaultAbort) -> (Response<Body>, Flags) {
+    match abort {
+        crate::route::FaultAbort::Http(status) => {
+            local(*status, Flags::FAULT_INJECTED, "fault filter abort\n")
+        }
+        crate::route::FaultAbort::Grpc(code) => {
+            let mut r = Response::new(body::empty());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&code.to_string()) {
+                r.headers_mut().insert("grpc-status", v);
+            }
+            (r, Flags::FAULT_INJECTED)
+        }
+    }
+}
+
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    b.body(()).map(|r| r.into_parts().0).unwrap_or_else(|_| {
+        let (p, ()) = Request::new(()).into_parts();
+        p
+    })
+}
+
+/// Envoy's shadow host: `-shadow` appended to the host (before the port).
+fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => format!("{h}-shadow:{p}"),
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+async fn mirror(cluster: Arc<ClusterState>, req: Request<Body>) {
+    let Some(pick) = cluster.balancer.pick(&PickContext {
+        hash: None,
+        exclude: &[],
+        ..PickContext::default()
+    }) else {
+        return;
+    };
+    let addr = pick.address();
+    let pool = cluster.pool();
+    let sent = tokio::time::timeout(MIRROR_TIMEOUT, async {
+        match pool.send(addr, req, &cluster.balancer).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                // Drain so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+                Outcome::HttpStatus(status)
+            }
+            Err(e) if e.is_connect_failure() => Outcome::ConnectFailure,
+            Err(_) => Outcome::Reset,
+        }
+    })
+    .await;
+    pick.report(sent.unwrap_or(Outcome::Timeout));
+}
+
+/// The attempt loop: first try plus retries.
+#[allow(clippy::too_many_arguments)]
+async fn forward_attempts(
+    proxy: &Arc<Proxy>,
+    cluster: &Arc<ClusterState>,
+    parts: http::request::Parts,
+    buffered: Option<Bytes>,
+    mut streaming: Option<Body>,
+    retry: Option<&crate::route::RetryPolicy>,
+    pick_ctx: PickContext<'_>,
+) -> (Response<Body>, Flags, Option<SocketAddr>) {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
+    let mut last: Option<(Response<Body>, Flags)> = None;
+    let mut retries_permit = None;
+    for attempt in 0..max_attempts {
+        if attempt > 0 {
+            // Retry budget (maxRetries) and jittered backoff.
+            match cluster.balancer.try_retry() {
+                Some(p) => retries_permit = Some(p),
+                None => {
+                    let (r, mut f) = last.take().unwrap_or_else(|| {
+                        local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Flags::UPSTREAM_OVERFLOW,
+                            "retry overflow\n",
+                        )
+                    });
+                    f.insert(Flags::UPSTREAM_OVERFLOW);
+                    return (r, f, tried.last().copied());
+                }
+            }
+            proxy
+                .metrics
+                .retries
+                .get_or_create(&crate::metrics::ClusterLabel {
+                    cluster: cluster.name.clone(),
+                })
+                .inc();
+            let cap = (RETRY_BASE * 2u32.saturating_pow(attempt - 1)).min(RETRY_MAX);
+            let wait = cap.mul_f64(rand::random::<f64>());
+            tokio::time::sleep(wait).await;
+        }
+        let body = match (&buffered, streaming.take()) {
+            (Some(b), _) => body::full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => break, // a streamed body cannot be sent twice
+        };
+        let Some(pick) = cluster.balancer.pick(&PickContext {
+            exclude: &tried,
+            ..pick_ctx
+        }) else {
+            let (r, f) = last.take().unwrap_or_else(|| {
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flags::NO_HEALTHY_UPSTREAM,
+                    "no healthy upstream\n",
+                )
+            });
+            return (r, f, tried.last().copied());
+        };
+        let addr = pick.address();
+        tried.push(addr);
+        let req = Request::from_parts(clone_parts(&parts), body);
+        let pool = cluster.pool();
+        let send = pool.send(addr, req, &cluster.balancer);
+        let result = match retry.and_then(|r| r.per_try_timeout) {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
+            None => Ok(send.await),
+        };
+        let more = attempt + 1 < max_attempts && (buffered.is_some());
+        match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                let grpc = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok());
+                pick.report(Outcome::HttpStatus(status.as_u16()));
+                let mut resp = resp.map(body::boxed);
+                strip_hop_by_hop(resp.headers_mut());
+                if more && retry.is_some_and(|r| r.retry_status(status, grpc)) {
+                    last = Some((resp, Flags::RETRY_LIMIT));
+                    continue;
+                }
+                let flags = if attempt > 0 && retry.is_some_and(|r| r.retry_status(status, grpc)) {
+                    Flags::RETRY_LIMIT
+                } else {
+                    Flags::default()
+                };
+                drop(retries_permit);
+                return (resp, flags, Some(addr));
+            }
+            Ok(Err(UpstreamError::Overflow)) => {
+                pick.report(Outcome::Cancelled);
+                let (r, f) = local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flags::UPSTREAM_OVERFLOW,
+                    "upstream connection limit\n",
+                );
+                return (r, f, Some(addr));
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect_failure();
+                pick.report(if connect {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Reset
+                });
+                tracing::debug!(cluster = %cluster.name, %addr, error = %e, "upstream request failed");
+                let (r, f) = if connect {
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Flags::UPSTREAM_CONNECT_FAILURE,
+                        "upstream connect error\n",
+                    )
+                } else {
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Flags::UPSTREAM_RESET,
+                        "upstream reset before response\n",
+                    )
+                };
+                let retriable = retry.is_some_and(|r| {
+                    if connect {
+                        r.retry_connect_failure()
+                    } else {
+                        r.retry_reset()
+                    }
+                });
+                last = Some((r, f));
+                if more && retriable {
+                    continue;
+                }
+                let (r, mut f) = last
+                    .take()
+                    .unwrap_or_else(|| local(StatusCode::SERVICE_UNAVAILABLE, f, ""));
+                if attempt > 0 {
+                    f.insert(Flags::RETRY_LIMIT);
+                }
+                return (r, f, Some(addr));
+            }
+            Err(()) => {
+                pick.report(Outcome::Timeout);
+                let (r, f) = local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Flags::UPSTREAM_TIMEOUT,
+                    "upstream per-try timeout\n",
+                );
+                last = Some((r, f));
+                if more && retry.is_some_and(|r| r.retry_reset()) {
+                    continue;
+                }
+                let (r, f) = last.take().unwrap_or_else(|| {
+                    local(StatusCode::GATEWAY_TIMEOUT, Flags::UPSTREAM_TIMEOUT, "")
+                });
+                return (r, f, Some(addr));
+            }
+        }
+    }
+    let (r, mut f) = last.unwrap_or_else(|| {
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::NO_HEALTHY_UPSTREAM,
+            "no upstream attempt possible\n",
+        )
+    });
+    f.insert(Flags::RETRY_LIMIT);
+    (r, f, tried.last().copied())
+}

@@ -1,0 +1,330 @@
+//! Per-endpoint connection reuse for one cluster.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use isthmus_proxy_core::balance::Balancer;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+
+use super::stream::connect;
+use crate::body::Body;
+
+/// How a cluster's upstream connections are made.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// HTTP/2 (always for mesh mTLS hops and h2/gRPC ports) or HTTP/1.1.
+    pub http2: bool,
+    /// TCP + TLS handshake bound.
+    pub connect_timeout: Duration,
+    /// Mesh mTLS: the client config (certificate, roots, expected SPIFFE
+    /// IDs) and the SNI to send.
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// New connection after this many requests (`maxRequestsPerConnection`).
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl PoolSettings {
+    /// Whether two settings make the same connections (the TLS config by identity).
+    pub fn same(&self, other: &PoolSettings) -> bool {
+        self.http2 == other.http2
+            && self.connect_timeout == other.connect_timeout
+            && self.max_requests_per_connection == other.max_requests_per_connection
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some((a, sa)), Some((b, sb))) => Arc::ptr_eq(a, b) && sa == sb,
+                _ => false,
+            }
+    }
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The cluster's `maxConnections` is reached.
+    #[error("connection limit of the cluster reached")]
+    Overflow,
+    /// TCP or TLS failed (nothing was sent).
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP handshake failed (nothing was sent).
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request failed after it may have been sent (reset, closed).
+    #[error("request to {addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request itself cannot be expressed upstream.
+    #[error("invalid upstream request: {0}")]
+    Invalid(String),
+}
+
+impl UpstreamError {
+    /// Whether no byte of the request reached the endpoint.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::Handshake { .. }
+        )
+    }
+}
+
+struct Shared<S> {
+    sender: S,
+    uses: AtomicU32,
+}
+
+/// Idle HTTP/1.1 senders per endpoint, with the requests each has carried.
+type IdleH1 = Arc<Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Body>, u32)>>>>;
+
+/// Connections of one cluster, by endpoint.
+pub struct Pool {
+    settings: PoolSettings,
+    h2: Mutex<HashMap<SocketAddr, Arc<Shared<http2::SendRequest<Body>>>>>,
+    h1: IdleH1,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_H1: usize = 64;
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(settings: PoolSettings) -> Self {
+        Self {
+            settings,
+            h2: Mutex::default(),
+            h1: Arc::default(),
+        }
+    }
+
+    /// The settings the pool was built with.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Sends `req` to `addr`. The request's URI carries the logical
+    /// authority (`Host`/`:authority`) and path; its version is set here.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+        balancer: &Balancer,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let req = prepare(req, self.settings.http2)?;
+        if self.settings.http2 {
+            self.send_h2(addr, req, balancer).await
+        } else {
+            self.send_h1(addr, req, balancer).await
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+        balancer: &Balancer,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let existing = {
+            let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            match map.get(&addr) {
+                Some(s) if s.sender.is_closed() => {
+                    map.remove(&addr);
+                    None
+                }
+                Some(s) => Some(s.clone()),
+                None => None,
+            }
+        };
+        let shared = match existing {
+            Some(s) => s,
+            None => {
+                let io = self.connect(addr, balancer).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|source| UpstreamError::Handshake { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                    }
+                });
+                let shared = Arc::new(Shared {
+                    sender,
+                    uses: AtomicU32::new(0),
+                });
+                self.h2
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(addr, shared.clone());
+                shared
+            }
+        };
+        let uses = shared.uses.fetch_add(1, Ordering::Relaxed) + 1;
+        if self
+            .settings
+            .max_requests_per_connection
+            .is_some_and(|max| uses >= max)
+        {
+            // Last request on this connection: new requests open another.
+            let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
+                map.remove(&addr);
+            }
+        }
+        let mut sender = shared.sender.clone();
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request { addr, source })
+    }
+
+    async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+        balancer: &Balancer,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let idle = {
+            let mut map = self.h1.lock().unwrap_or_else(PoisonError::into_inner);
+            let list = map.entry(addr).or_default();
+            let mut found = None;
+            while let Some((s, uses)) = list.pop() {
+                if s.is_ready() {
+                    found = Some((s, uses));
+                    break;
+                }
+            }
+            found
+        };
+        let (mut sender, uses) = match idle {
+            Some(s) => s,
+            None => {
+                let io = self.connect(addr, balancer).await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|source| UpstreamError::Handshake { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                });
+                (sender, 0)
+            }
+        };
+        let result = sender.send_request(req).await;
+        let uses = uses + 1;
+        if result.is_ok()
+            && self
+                .settings
+                .max_requests_per_connection
+                .is_none_or(|max| uses < max)
+        {
+            // Back to the pool once the response body is done.
+            let pool = Arc::downgrade(&self.h1);
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    let mut map = pool.lock().unwrap_or_else(PoisonError::into_inner);
+                    let list = map.entry(addr).or_default();
+                    if list.len() < MAX_IDLE_H1 {
+                        list.push((sender, uses));
+                    }
+                }
+            });
+        }
+        result.map_err(|source| UpstreamError::Request { addr, source })
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        balancer: &Balancer,
+    ) -> Result<super::Stream, UpstreamError> {
+        let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
+        let tls = self.settings.tls.as_ref().map(|(c, s)| (c, s));
+        connect(addr, self.settings.connect_timeout, tls, Some(permit))
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })
+    }
+
+    /// Drops idle connections to endpoints not in `keep`.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|a, _| keep(a));
+        self.h1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|a, _| keep(a));
+    }
+}
+
+/// Sets the version and URI form for the upstream protocol: HTTP/2 takes an
+/// absolute URI (`:scheme`, `:authority`), HTTP/1.1 the origin form plus `Host`.
+fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, UpstreamError> {
+    let authority: Authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| UpstreamError::Invalid("request has no authority or Host".into()))?,
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if http2 {
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(HOST);
+        *req.uri_mut() = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        req.headers_mut().insert(HOST, host);
+        *req.uri_mut() = Uri::from(path);
+    }
+    Ok(req)
+}

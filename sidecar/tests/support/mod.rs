@@ -1,0 +1,489 @@
+//! Test harness: a real control plane (directory config, bootstrap tokens),
+//! real sidecars in explicit mode, real HTTP apps, all on loopback. Each
+//! test uses its own 127.0.<n>.0/24 so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use isthmus_api::naming::Locality;
+use isthmus_control_plane::run::{Options as CpOptions, Source};
+use isthmus_proxy_core::xds::{NodeInfo, NodeRole};
+use isthmus_sidecar::identity::CertSource;
+use isthmus_sidecar::run::{Mode, Options, Running};
+use isthmus_sidecar::server::Limits;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Every wait is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// `127.0.<net>.<host>`.
+pub fn ip(net: u8, host: u8) -> IpAddr {
+    IpAddr::from([127, 0, net, host])
+}
+
+/// A config directory, token file and a running control plane.
+pub struct Mesh {
+    pub net: u8,
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub xds: SocketAddr,
+    pub debug: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Mesh {
+    /// Starts a control plane for cluster `east` on 127.0.<net>.1 with `yaml` as config.
+    pub async fn start(net: u8, yaml: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).unwrap();
+        std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
+        let tokens = dir.path().join("tokens.yaml");
+        let mut t = String::new();
+        for sa in ["sleep", "helloworld", "other"] {
+            t.push_str(&format!(
+                "tok-{sa}: {{namespace: sample, serviceAccount: {sa}}}\n"
+            ));
+        }
+        std::fs::write(&tokens, t).unwrap();
+        let mut mesh = Self {
+            net,
+            dir,
+            config,
+            xds: SocketAddr::from(([127, 0, 0, 1], 0)),
+            debug: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown: CancellationToken::new(),
+            task: None,
+        };
+        mesh.start_control_plane(SocketAddr::new(ip(net, 1), 0))
+            .await;
+        mesh
+    }
+
+    async fn start_control_plane(&mut self, listen: SocketAddr) {
+        self.shutdown = CancellationToken::new();
+        let options = CpOptions {
+            cluster: "east".into(),
+            network: "net-east".into(),
+            domain: "cluster.local".into(),
+            source: Source::Directory(self.config.clone()),
+            ca_dir: None,
+            ca_secret: None,
+            trust_domain: "east.isthmus.local".into(),
+            bootstrap_tokens: Some(self.dir.path().join("tokens.yaml")),
+            xds_listen: listen,
+            debug_listen: SocketAddr::new(ip(self.net, 1), 0),
+            drain_grace: Duration::from_millis(200),
+        };
+        let (bound, run) = isthmus_control_plane::run::start(options, self.shutdown.clone())
+            .await
+            .unwrap();
+        self.xds = bound.xds;
+        self.debug = bound.debug;
+        self.task = Some(tokio::spawn(async move {
+            let _ = run.await;
+        }));
+    }
+
+    /// Stops the control plane (sidecars keep their last config).
+    pub async fn stop_control_plane(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT, t).await;
+        }
+    }
+
+    /// Starts it again on the same address.
+    pub async fn restart_control_plane(&mut self) {
+        self.start_control_plane(self.xds).await;
+    }
+
+    /// Writes (or replaces) a config file.
+    pub fn write(&self, file: &str, yaml: &str) {
+        let tmp = self.config.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, self.config.join(file)).unwrap();
+    }
+
+    /// Starts a sidecar for `sample/<workload>` at 127.0.<net>.<host>, its
+    /// app at 127.0.<net>.<host+100>.
+    pub async fn sidecar(
+        &self,
+        workload: &str,
+        sa: &str,
+        host: u8,
+        labels: &[(&str, &str)],
+    ) -> Sidecar {
+        let shutdown = CancellationToken::new();
+        let node = NodeInfo {
+            role: NodeRole::Sidecar,
+            ip: Some(ip(self.net, host)),
+            workload: workload.into(),
+            namespace: "sample".into(),
+            cluster: "east".into(),
+            network: "net-east".into(),
+            service_account: sa.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            locality: Locality::default(),
+        };
+        let options = Options {
+            node,
+            control_plane: format!("http://{}", self.xds),
+            cert: CertSource::Ca {
+                endpoint: format!("http://{}", self.xds),
+                token: format!("tok-{sa}"),
+                validity: None,
+            },
+            mode: Mode::Explicit {
+                outbound: SocketAddr::new(ip(self.net, host), 15001),
+                inbound_ip: ip(self.net, host),
+                app_ip: Some(ip(self.net, host + 100)),
+            },
+            admin: SocketAddr::new(ip(self.net, host), 15000),
+            drain_grace: Duration::from_secs(2),
+            access_log: false,
+            limits: Limits::default(),
+        };
+        let running = isthmus_sidecar::run::start(options, shutdown.clone())
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, running.ready())
+            .await
+            .expect("sidecar ready in time");
+        Sidecar {
+            running: Some(running),
+            shutdown,
+        }
+    }
+
+    /// Waits until `sidecar`'s config satisfies `f`.
+    pub async fn wait_config(
+        &self,
+        sidecar: &Sidecar,
+        f: impl Fn(&isthmus_sidecar::state::Snapshot) -> bool,
+    ) {
+        let proxy = sidecar.running().proxy.clone();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if f(&proxy.snapshot()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("config arrived in time");
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A running sidecar; stopped on drop.
+pub struct Sidecar {
+    running: Option<Running>,
+    shutdown: CancellationToken,
+}
+
+impl Sidecar {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn outbound(&self) -> SocketAddr {
+        self.running().outbound
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.running().admin
+    }
+
+    /// Stops and waits for the drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            let _ = tokio::time::timeout(WAIT, r.join()).await;
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// How a test app answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// JSON echo of who answered and what it saw.
+    Echo,
+    /// Closes every connection without answering.
+    Reset,
+}
+
+/// A test application; stopped on drop.
+pub struct App {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl App {
+    /// Serves `name` on `addr` (`/status/<code>` answers that code).
+    pub async fn start(addr: SocketAddr, name: &str, behavior: Behavior) -> App {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let h = hits.clone();
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                h.fetch_add(1, Ordering::Relaxed);
+                if behavior == Behavior::Reset {
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                    continue;
+                }
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(echo(&name, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        App { addr, hits, task }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| headers.get("host").cloned())
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "app": name,
+        "path": req.uri().path_and_query().map(|p| p.to_string()),
+        "host": host,
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r
+}
+
+/// One HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The `app` field of an echo answer.
+    pub fn app(&self) -> String {
+        self.json()["app"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `http://<host><path>` through the sidecar at `via`.
+pub async fn get(
+    c: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    via: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Reply {
+    let req = Request::get(format!("http://{via}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, c.request(req))
+        .await
+        .expect("answer in time")
+        .expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// helloworld (v1 at .11, v2 at .12, port 5000) and sleep (.21) in namespace sample.
+pub fn services(net: u8) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: helloworld, namespace: sample}}
+spec:
+  hosts: [helloworld.sample.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 5000, name: http}}]
+  workloadSelector: {{labels: {{app: helloworld}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: helloworld-v1, namespace: sample}}
+spec: {{address: 127.0.{net}.11, labels: {{app: helloworld, version: v1}}, serviceAccount: helloworld}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: helloworld-v2, namespace: sample}}
+spec: {{address: 127.0.{net}.12, labels: {{app: helloworld, version: v2}}, serviceAccount: helloworld}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: sleep, namespace: sample}}
+spec:
+  hosts: [sleep.sample.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http}}]
+  workloadSelector: {{labels: {{app: sleep}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: sleep, namespace: sample}}
+spec: {{address: 127.0.{net}.21, labels: {{app: sleep}}, serviceAccount: sleep}}
+"#
+    )
+}
+
+/// The host callers use.
+pub const HELLO: &str = "helloworld.sample.svc.cluster.local:5000";
+
+/// A mesh with helloworld v1/v2 (apps + sidecars) and sleep's sidecar.
+pub struct World {
+    pub mesh: Mesh,
+    pub sleep: Sidecar,
+    pub v1: Sidecar,
+    pub v2: Sidecar,
+    pub app_v1: App,
+    pub app_v2: App,
+}
+
+impl World {
+    pub async fn start(net: u8, extra: &str, v2: Behavior) -> World {
+        let yaml = format!("{}\n---\n{extra}", services(net));
+        let mesh = Mesh::start(net, &yaml).await;
+        let app_v1 = App::start(
+            SocketAddr::new(ip(net, 111), 5000),
+            "helloworld-v1",
+            Behavior::Echo,
+        )
+        .await;
+        let app_v2 = App::start(SocketAddr::new(ip(net, 112), 5000), "helloworld-v2", v2).await;
+        let v1 = mesh
+            .sidecar(
+                "helloworld-v1",
+                "helloworld",
+                11,
+                &[("app", "helloworld"), ("version", "v1")],
+            )
+            .await;
+        let v2 = mesh
+            .sidecar(
+                "helloworld-v2",
+                "helloworld",
+                12,
+                &[("app", "helloworld"), ("version", "v2")],
+            )
+            .await;
+        let sleep = mesh
+            .sidecar("sleep", "sleep", 21, &[("app", "sleep")])
+            .await;
+        // Inbound listeners up on both helloworld sidecars.
+        for s in [&v1, &v2] {
+            mesh.wait_config(s, |snap| snap.inbound.contains_key(&5000))
+                .await;
+        }
+        World {
+            mesh,
+            sleep,
+            v1,
+            v2,
+            app_v1,
+            app_v2,
+        }
+    }
+}
