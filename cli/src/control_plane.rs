@@ -60,7 +60,7 @@ pub(crate) struct ControlPlaneArgs {
     drain_grace: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<isthmus_api::duration::Duration>()
         .map(|d| d.get())
         .map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ mod ca;
 mod control_plane;
 mod dns;
 mod iptables;
+mod sidecar;
 mod validate;
 
 use std::io::Write;
@@ -44,6 +45,8 @@ enum Command {
     ControlPlane(Box<control_plane::ControlPlaneArgs>),
     /// Run the cross-cluster DNS server (.global, clusterset.local names).
     Dns(Box<dns::DnsArgs>),
+    /// Run the sidecar proxy next to one workload (xDS, mTLS, routing, authorization).
+    Sidecar(Box<sidecar::SidecarArgs>),
     /// Show the xDS config the control plane last sent to a proxy.
     ProxyConfig {
         /// What to show.
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { paths, json } => validate::run(&paths, json, &mut out),
         Command::ControlPlane(args) => control_plane::run(*args),
         Command::Dns(args) => dns::run(*args),
+        Command::Sidecar(args) => sidecar::run(*args),
         Command::ProxyConfig {
             kind,
             proxy,
