@@ -94,12 +94,17 @@ pub(crate) fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let running = start(options, shutdown.clone()).await.context("starting the DNS server")?;
+        let running = start(options, shutdown.clone())
+            .await
+            .context("starting the DNS server")?;
         eprintln!(
             "dns: DNS on {} (UDP, TCP), admin on {}{}",
             running.dns,
             running.admin.map(|a| a.to_string()).unwrap_or_default(),
-            running.grpc.map(|a| format!(", CoreDNS gRPC on {a}")).unwrap_or_default(),
+            running
+                .grpc
+                .map(|a| format!(", CoreDNS gRPC on {a}"))
+                .unwrap_or_default(),
         );
         crate::control_plane::terminate().await;
         tracing::info!("draining");

@@ -30,6 +30,8 @@ use crate::zone::{AnswerConfig, DEFAULT_TTL, Policy, Snapshot, ZoneConfig};
 pub const DEFAULT_DNS_PORT: u16 = 15053;
 /// Default admin HTTP port (`/ready`, `/metrics`).
 pub const DEFAULT_ADMIN_PORT: u16 = 15054;
+/// Suggested port for CoreDNS's `grpc` plugin protocol (off unless asked for).
+pub const DEFAULT_GRPC_PORT: u16 = 15055;
 /// Idle time after which a TCP connection without a request is closed.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 

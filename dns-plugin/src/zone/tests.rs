@@ -90,7 +90,10 @@ fn escaped_dot_in_a_label_does_not_alias_two_labels() {
     ));
 }
 
-fn svc(clusters: Vec<(&str, Vec<(&str, &str, bool)>)>) -> proto::GlobalService {
+/// (address, locality, healthy)
+type Ep<'a> = (&'a str, &'a str, bool);
+
+fn svc(clusters: Vec<(&str, Vec<Ep<'_>>)>) -> proto::GlobalService {
     proto::GlobalService {
         name: "r".into(),
         namespace: "ns".into(),
