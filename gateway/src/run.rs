@@ -15,7 +15,6 @@ use isthmus_proxy_core::admin::{self, AdminServer};
 use isthmus_proxy_core::transport::SpliceConfig;
 use isthmus_proxy_core::xds::{NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -343,7 +342,7 @@ fn admin_server(
         .drain(drain)
         .route("/routes", move |_| {
             let table = routes.borrow().clone();
-            admin::json(StatusCode::OK, &json!({ "routes": table.to_json(), "warnings": table.warnings }))
+            admin::json(StatusCode::OK, &table.to_json())
         })
         .build()
 }

@@ -62,19 +62,20 @@ impl RouteTable {
         self.by_sni.is_empty()
     }
 
-    /// SNI → service and its open connections, for `/routes`.
+    /// For `/routes`: SNI → service, and per service the open connections
+    /// and the balancer's view (endpoints, health, ejections).
     pub fn to_json(&self) -> serde_json::Value {
-        let mut snis: Vec<(&String, &Arc<Route>)> = self.by_sni.iter().collect();
-        snis.sort_by(|a, b| a.0.cmp(b.0));
-        snis.into_iter()
-            .map(|(sni, r)| {
-                serde_json::json!({
-                    "sni": sni,
-                    "service": r.upstream.name(),
-                    "active": r.upstream.active(),
-                })
+        let snis: std::collections::BTreeMap<&String, &str> =
+            self.by_sni.iter().map(|(sni, r)| (sni, r.upstream.name())).collect();
+        let services: std::collections::BTreeMap<&String, serde_json::Value> = self
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let status = serde_json::to_value(u.status()).unwrap_or_default();
+                (name, serde_json::json!({ "active": u.active(), "balancer": status }))
             })
-            .collect()
+            .collect();
+        serde_json::json!({ "snis": snis, "services": services, "warnings": self.warnings })
     }
 
     /// The table for listener `listener` of `config`. Upstreams of

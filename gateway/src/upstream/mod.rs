@@ -3,18 +3,17 @@
 //! timeout is reported to it and the next endpoint is tried, before any
 //! byte of the client's goes anywhere.
 
-mod choose;
-
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+pub use isthmus_proxy_core::balance::{BalanceError, Permit};
+use isthmus_proxy_core::balance::{Balancer, ClusterStatus, Outcome, PickContext};
 use tokio::net::TcpStream;
-
-use choose::{Balancer, Outcome, PickContext};
-pub use choose::{BalanceError, Permit};
 
 /// Why no upstream connection was made.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +70,37 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// Outlier detection for a cluster that brings none (no DestinationRule
+/// `outlierDetection`): the gateway only sees connect outcomes, so it
+/// ejects on two consecutive local-origin failures (refused, timed out),
+/// for 10 s growing with repeats, at most half of the endpoints (always
+/// at least one).
+fn gateway_outlier_detection() -> OutlierDetection {
+    let n = |value| Some(UInt32Value { value });
+    OutlierDetection {
+        split_external_local_origin_errors: true,
+        consecutive_local_origin_failure: n(2),
+        enforcing_consecutive_local_origin_failure: n(100),
+        base_ejection_time: Some(PbDuration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        max_ejection_percent: n(50),
+        always_eject_one_host: Some(BoolValue { value: true }),
+        ..OutlierDetection::default()
+    }
+}
+
+/// `cluster` with the gateway's default outlier detection if it has none.
+fn with_defaults(cluster: &Cluster) -> Cow<'_, Cluster> {
+    if cluster.outlier_detection.is_some() {
+        return Cow::Borrowed(cluster);
+    }
+    let mut c = cluster.clone();
+    c.outlier_detection = Some(gateway_outlier_detection());
+    Cow::Owned(c)
+}
+
 impl Upstream {
     /// State for `cluster` with its endpoints.
     ///
@@ -79,7 +109,7 @@ impl Upstream {
     pub fn new(cluster: &Cluster, cla: Option<&ClusterLoadAssignment>) -> Result<Self, BalanceError> {
         Ok(Self {
             name: cluster.name.clone(),
-            balancer: Balancer::new(cluster, cla)?,
+            balancer: Balancer::new(&with_defaults(cluster), cla)?,
             active: AtomicUsize::new(0),
         })
     }
@@ -90,7 +120,12 @@ impl Upstream {
     /// # Errors
     /// As for [`new`](Self::new); the old state is then kept.
     pub fn update(&self, cluster: &Cluster, cla: Option<&ClusterLoadAssignment>) -> Result<(), BalanceError> {
-        self.balancer.update(cluster, cla)
+        self.balancer.update(&with_defaults(cluster), cla)
+    }
+
+    /// Endpoints, health, ejections and circuit breakers, for `/routes`.
+    pub fn status(&self) -> ClusterStatus {
+        self.balancer.status()
     }
 
     /// The cluster name (the metrics label `service`).
