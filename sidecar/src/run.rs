@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::AccessLog;
 use crate::identity::{CertManager, CertSource};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Proxy};
@@ -75,7 +76,7 @@ pub struct Options {
     pub admin: SocketAddr,
     /// Time in-flight requests get after the drain starts.
     pub drain_grace: Duration,
-    /// A JSON access log line per request (tracing target `access`).
+    /// A JSON access log line per request and TCP connection, on stdout.
     pub access_log: bool,
     /// Downstream limits.
     pub limits: Limits,
@@ -197,8 +198,24 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
         .map_err(|source| RunError::Bind { what, addr, source })
 }
 
+/// What an embedding program (or a test) plugs in beyond [`Options`].
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// Access log destination; `None` follows `Options::access_log` (stdout).
+    pub access_log: Option<AccessLog>,
+}
+
 /// Starts the sidecar; it runs until `shutdown` is cancelled (then drains).
 pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Running, RunError> {
+    start_with(options, shutdown, Hooks::default()).await
+}
+
+/// [`start`] with [`Hooks`].
+pub async fn start_with(
+    options: Options,
+    shutdown: CancellationToken,
+    hooks: Hooks,
+) -> Result<Running, RunError> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let registry = Arc::new(registry);
@@ -223,7 +240,9 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         Arc::new(Snapshot::default()),
         metrics,
         options.node.clone(),
-        options.access_log,
+        hooks
+            .access_log
+            .or_else(|| options.access_log.then(AccessLog::stdout)),
         options.limits,
     ));
 

@@ -9,6 +9,7 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use isthmus_proxy_core::balance::{Outcome, PickContext};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -17,11 +18,12 @@ use super::authz::{Decision, HttpAttributes, RequestAttributes, normalize_host, 
 use crate::body::{self, Body};
 use crate::flags::Flags;
 use crate::metrics::{Reporter, RequestLabels};
-use crate::outbound::http::strip_hop_by_hop;
+use crate::outbound::http::{RequestLine, strip_hop_by_hop};
 use crate::outbound::{Proxy, accept_loop};
 use crate::run::Drain;
 use crate::server;
 use crate::state::{InboundPort, InboundProtocol, Snapshot};
+use crate::upstream::upgrade;
 
 /// Time a client has to send its first byte and finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,9 +196,10 @@ async fn request(
     proxy: Arc<Proxy>,
     cfg: Arc<InboundPort>,
     peer: Peer,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let upgrade = upgrade::requested(&req).map(|token| (token, hyper::upgrade::on(&mut req)));
     let snapshot = proxy.snapshot();
     let mut labels = labels(&proxy, &peer, "http");
     labels.destination_principal = snapshot
@@ -205,13 +208,9 @@ async fn request(
         .map(|c| c.cert.identity().to_string())
         .unwrap_or_else(|| "unknown".into());
     let request_bytes = req.body().size_hint().exact().unwrap_or(0);
-    let method = req.method().clone();
-    let raw_path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let (resp, flags) = forward(&snapshot, &cfg, &peer, req).await;
+    let logged = proxy.access_log.as_ref().map(|_| RequestLine::of(&req));
+    let mut upstream = None;
+    let (resp, flags) = forward(&snapshot, &cfg, &peer, req, upgrade, &mut upstream).await;
     labels.response_code = resp.status().as_u16();
     labels.response_flags = flags.to_string();
     let m = &proxy.metrics;
@@ -227,18 +226,16 @@ async fn request(
     m.response_bytes
         .get_or_create(&labels)
         .observe(resp.body().size_hint().exact().unwrap_or(0) as f64);
-    if proxy.access_log {
-        tracing::info!(
-            target: "access",
-            direction = "inbound",
-            method = %method,
-            path = %raw_path,
-            status = labels.response_code,
-            flags = %labels.response_flags,
-            principal = %labels.source_principal,
-            duration_ms = started.elapsed().as_millis() as u64,
-            downstream = %peer.addr,
-        );
+    if let (Some(log), Some(line)) = (&proxy.access_log, &logged) {
+        log.write(&line.entry(
+            "inbound",
+            &labels,
+            (request_bytes, resp.body().size_hint().exact().unwrap_or(0)),
+            started.elapsed(),
+            upstream,
+            &cfg.cluster,
+            peer.addr,
+        ));
     }
     resp
 }
@@ -248,6 +245,8 @@ async fn forward(
     cfg: &InboundPort,
     peer: &Peer,
     req: Request<Incoming>,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    upstream: &mut Option<SocketAddr>,
 ) -> (Response<Body>, Flags) {
     let raw = req
         .uri()
@@ -336,12 +335,30 @@ async fn forward(
         );
     };
     let addr = pick.address();
+    *upstream = Some(addr);
+    let downstream = upgrade.map(|(token, on)| {
+        upgrade::restore(&mut parts.headers, token);
+        on
+    });
     let req = Request::from_parts(parts, body::boxed(incoming));
-    match cluster.pool().send(addr, req, &cluster.balancer).await {
-        Ok(resp) => {
+    let pool = cluster.pool();
+    let sent = match downstream {
+        Some(_) => pool.send_upgrade(addr, req, &cluster.balancer).await,
+        None => pool.send(addr, req, &cluster.balancer).await,
+    };
+    match sent {
+        Ok(mut resp) => {
             pick.report(Outcome::HttpStatus(resp.status().as_u16()));
+            let token = resp.headers().get(http::header::UPGRADE).cloned();
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let (true, Some(downstream)) = (switched, downstream) {
+                upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp));
+            }
             let mut resp = resp.map(body::boxed);
             strip_hop_by_hop(resp.headers_mut());
+            if let (true, Some(token)) = (switched, token) {
+                upgrade::restore(resp.headers_mut(), token);
+            }
             (resp, Flags::default())
         }
         Err(e) => {
@@ -418,5 +435,11 @@ async fn tcp<I>(
         }
     };
     let labels = labels(&proxy, &peer, "tcp");
-    crate::outbound::splice_counted(&proxy, &labels, &mut io, &mut app).await;
+    let conn = crate::outbound::TcpConn {
+        direction: "inbound",
+        peer: peer.addr,
+        upstream: addr,
+        cluster: &cfg.cluster,
+    };
+    crate::outbound::splice_counted(&proxy, &labels, conn, &mut io, &mut app).await;
 }

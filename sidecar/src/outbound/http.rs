@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -23,15 +23,17 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use isthmus_proxy_core::balance::{Outcome, PickContext};
 
 use super::Proxy;
+use crate::access_log::Entry;
 use crate::body::{self, Body};
 use crate::flags::Flags;
 use crate::metrics::{Reporter, RequestLabels};
 use crate::route::{RequestInfo, RouteAction};
 use crate::state::{ClusterKind, ClusterState, Snapshot};
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamError, upgrade};
 
 /// Largest request body kept in memory so it can be retried or mirrored.
 pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
@@ -52,8 +54,15 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those `Connection` names.
+/// Removes hop-by-hop headers, including those `Connection` names; keeps
+/// `te: trailers`, which gRPC needs end to end (RFC 9113 §8.2.2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -66,6 +75,92 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// What the access log keeps of a request before it is forwarded.
+#[derive(Debug)]
+pub(crate) struct RequestLine {
+    start: SystemTime,
+    method: http::Method,
+    path: String,
+    authority: String,
+    version: http::Version,
+    request_id: String,
+    user_agent: String,
+}
+
+impl RequestLine {
+    pub(crate) fn of<B>(req: &Request<B>) -> Self {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Self {
+            start: SystemTime::now(),
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".into(), |p| p.as_str().to_string()),
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_else(|| header("host")),
+            version: req.version(),
+            request_id: header("x-request-id"),
+            user_agent: header("user-agent"),
+        }
+    }
+
+    /// The access log entry of the finished request.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn entry<'a>(
+        &'a self,
+        direction: &'a str,
+        labels: &'a RequestLabels,
+        (received, sent): (u64, u64),
+        duration: Duration,
+        upstream_host: Option<SocketAddr>,
+        upstream_cluster: &'a str,
+        peer: SocketAddr,
+    ) -> Entry<'a> {
+        Entry {
+            start_time: Some(self.start),
+            direction,
+            method: self.method.as_str(),
+            path: &self.path,
+            authority: &self.authority,
+            protocol: match self.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            response_code: labels.response_code,
+            response_flags: &labels.response_flags,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration,
+            request_id: &self.request_id,
+            upstream_host,
+            upstream_cluster,
+            downstream_remote_address: Some(peer),
+            downstream_peer_uri_san: if labels.reporter == crate::metrics::Reporter::Destination
+                && labels.source_principal != "unknown"
+            {
+                &labels.source_principal
+            } else {
+                ""
+            },
+            user_agent: &self.user_agent,
+        }
+    }
 }
 
 /// A local answer with a flag.
@@ -109,12 +204,13 @@ pub fn authority(req: &Request<Incoming>) -> Option<String> {
 /// authority has none (explicit mode: 80; transparent: the original port).
 pub async fn handle(
     proxy: Arc<Proxy>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     default_port: u16,
     peer: SocketAddr,
     original_dst: Option<SocketAddr>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let upgrade = upgrade::requested(&req).map(|token| (token, hyper::upgrade::on(&mut req)));
     let snapshot = proxy.snapshot();
     let request_bytes = req.body().size_hint().exact().unwrap_or(0);
     let mut labels = RequestLabels {
@@ -147,18 +243,16 @@ pub async fn handle(
         response_flags: String::new(),
         connection_security_policy: "unknown".into(),
     };
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Copied only when an access log line will need them after the request moved on.
+    let logged = proxy.access_log.as_ref().map(|_| RequestLine::of(&req));
+    let mut chosen = None;
     let (mut response, flags, upstream) = route(
         &proxy,
         &snapshot,
         req,
         (default_port, peer, original_dst),
-        &mut labels,
+        upgrade,
+        (&mut labels, &mut chosen),
     )
     .await;
     labels.response_code = response.status().as_u16();
@@ -182,19 +276,19 @@ pub async fn handle(
         .response_bytes
         .get_or_create(&labels)
         .observe(response.body().size_hint().exact().unwrap_or(0) as f64);
-    if proxy.access_log {
-        tracing::info!(
-            target: "access",
-            direction = "outbound",
-            method = %method,
-            path = %path,
-            status = labels.response_code,
-            flags = %labels.response_flags,
-            upstream_cluster = %labels.destination_service,
-            upstream_host = %upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            duration_ms = elapsed.as_millis() as u64,
-            downstream = %peer,
-        );
+    if let (Some(log), Some(line)) = (&proxy.access_log, &logged) {
+        log.write(&line.entry(
+            "outbound",
+            &labels,
+            (
+                request_bytes,
+                response.body().size_hint().exact().unwrap_or(0),
+            ),
+            elapsed,
+            upstream,
+            chosen.as_ref().map_or("", |c| c.name.as_str()),
+            peer,
+        ));
     }
     if flags != Flags::default()
         && let Ok(v) = HeaderValue::from_str(&labels.response_flags)
@@ -209,7 +303,8 @@ async fn route(
     snapshot: &Arc<Snapshot>,
     req: Request<Incoming>,
     (default_port, peer, original_dst): (u16, SocketAddr, Option<SocketAddr>),
-    labels: &mut RequestLabels,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    (labels, chosen): (&mut RequestLabels, &mut Option<Arc<ClusterState>>),
 ) -> (Response<Body>, Flags, Option<SocketAddr>) {
     let Some(authority) = authority(&req) else {
         let (r, f) = local(
@@ -301,6 +396,7 @@ async fn route(
         );
         return (r, f, None);
     };
+    *chosen = Some(cluster.clone());
     let hash = forward.request_hash(&info, peer.ip());
     // Passthrough in explicit mode: where the authority resolves (the app
     // used the sidecar as its HTTP proxy for a host the mesh does not know).
@@ -380,6 +476,28 @@ async fn route(
             return (r, f, None);
         }
     };
+
+    // An upgrade: one attempt on a connection of its own, then a tunnel.
+    if let Some((token, downstream)) = upgrade {
+        upgrade::restore(&mut parts.headers, token);
+        let req = Request::from_parts(parts, body::boxed(incoming));
+        let sent = forward_upgrade(&cluster, req, downstream, hash, original_dst);
+        let (mut resp, mut f, upstream) = match forward.timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
+                let (r, f) = local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Flags::UPSTREAM_TIMEOUT,
+                    "upstream request timeout\n",
+                );
+                (r, f, None)
+            }),
+            None => sent.await,
+        };
+        f.insert(flags);
+        target.response_headers.apply(resp.headers_mut());
+        route.response_headers.apply(resp.headers_mut());
+        return (resp, f, upstream);
+    }
 
     // Buffer the body when it must be sent more than once.
     let replay =
@@ -570,6 +688,84 @@ async fn mirror(cluster: Arc<ClusterState>, req: Request<Body>) {
     })
     .await;
     pick.report(sent.unwrap_or(Outcome::Timeout));
+}
+
+/// An upgrade request: one endpoint, one attempt (its body may be a stream
+/// that is already flowing), and on `101` a tunnel between both sides.
+async fn forward_upgrade(
+    cluster: &Arc<ClusterState>,
+    req: Request<Body>,
+    downstream: OnUpgrade,
+    hash: Option<u64>,
+    original_dst: Option<SocketAddr>,
+) -> (Response<Body>, Flags, Option<SocketAddr>) {
+    let Some(_permit) = cluster.balancer.try_request() else {
+        let (r, f) = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::UPSTREAM_OVERFLOW,
+            "upstream overflow\n",
+        );
+        return (r, f, None);
+    };
+    let Some(pick) = cluster.balancer.pick(&PickContext {
+        hash,
+        original_dst,
+        ..PickContext::default()
+    }) else {
+        let (r, f) = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::NO_HEALTHY_UPSTREAM,
+            "no healthy upstream\n",
+        );
+        return (r, f, None);
+    };
+    let addr = pick.address();
+    match cluster
+        .pool()
+        .send_upgrade(addr, req, &cluster.balancer)
+        .await
+    {
+        Ok(mut resp) => {
+            pick.report(Outcome::HttpStatus(resp.status().as_u16()));
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let token = resp.headers().get(header::UPGRADE).cloned();
+            if switched {
+                upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp));
+            }
+            let mut resp = resp.map(body::boxed);
+            strip_hop_by_hop(resp.headers_mut());
+            if let (true, Some(token)) = (switched, token) {
+                upgrade::restore(resp.headers_mut(), token);
+            }
+            (resp, Flags::default(), Some(addr))
+        }
+        Err(e) => {
+            let (outcome, status, flag, msg) = match &e {
+                UpstreamError::Overflow => (
+                    Outcome::Cancelled,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flags::UPSTREAM_OVERFLOW,
+                    "upstream connection limit\n",
+                ),
+                e if e.is_connect_failure() => (
+                    Outcome::ConnectFailure,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flags::UPSTREAM_CONNECT_FAILURE,
+                    "upstream connect error\n",
+                ),
+                _ => (
+                    Outcome::Reset,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flags::UPSTREAM_RESET,
+                    "upstream reset before response\n",
+                ),
+            };
+            pick.report(outcome);
+            tracing::debug!(cluster = %cluster.name, %addr, error = %e, "upgrade request failed");
+            let (r, f) = local(status, flag, msg);
+            (r, f, Some(addr))
+        }
+    }
 }
 
 /// The attempt loop: first try plus retries.

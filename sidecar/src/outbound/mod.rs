@@ -19,8 +19,9 @@ use isthmus_proxy_core::xds::NodeInfo;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use tcp::proxy_tcp;
-pub(crate) use tcp::splice_counted;
+pub(crate) use tcp::{TcpConn, splice_counted};
 
+use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use crate::run::Drain;
 use crate::server::{self, Limits};
@@ -34,8 +35,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// This workload.
     pub node: NodeInfo,
-    /// Whether to write a JSON access log line per request (target `access`).
-    pub access_log: bool,
+    /// A JSON access log line per request and TCP connection, when on.
+    pub access_log: Option<AccessLog>,
     /// Downstream limits.
     pub limits: Limits,
 }
@@ -46,7 +47,7 @@ impl Proxy {
         snapshot: Arc<Snapshot>,
         metrics: Arc<Metrics>,
         node: NodeInfo,
-        access_log: bool,
+        access_log: Option<AccessLog>,
         limits: Limits,
     ) -> Self {
         Self {

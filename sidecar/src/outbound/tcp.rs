@@ -8,6 +8,7 @@ use isthmus_proxy_core::balance::{Outcome, PickContext};
 use tokio::net::TcpStream;
 
 use super::Proxy;
+use crate::access_log::Entry;
 use crate::metrics::{Reporter, RequestLabels};
 use crate::state::{ClusterKind, Snapshot};
 
@@ -72,13 +73,13 @@ pub async fn proxy_tcp(
             tracing::debug!(cluster, "TCP: connection limit reached");
             return;
         };
-        let tls = settings.tls.as_ref().map(|(c, s)| (c, s));
+        let tls = settings.tls.as_ref().map(|t| (&t.h2, &t.sni));
         match crate::upstream::connect(addr, settings.connect_timeout, tls, Some(permit)).await {
             Ok(s) => {
                 if let Some(p) = pick {
                     p.report(Outcome::LocalOriginSuccess);
                 }
-                upstream = Some(s);
+                upstream = Some((s, addr));
                 break;
             }
             Err(e) => {
@@ -92,17 +93,37 @@ pub async fn proxy_tcp(
             }
         }
     }
-    let Some(mut upstream) = upstream else {
+    let Some((mut upstream, addr)) = upstream else {
         return;
     };
-    splice_counted(proxy, &labels, &mut downstream, &mut upstream).await;
+    let conn = TcpConn {
+        direction: "outbound",
+        peer,
+        upstream: addr,
+        cluster,
+    };
+    splice_counted(proxy, &labels, conn, &mut downstream, &mut upstream).await;
 }
 
-/// Splices both ways (16 KiB buffers, half-close, 1 h idle timeout) and
-/// records Istio's TCP metrics.
+/// One proxied TCP connection, for the access log.
+#[derive(Debug)]
+pub(crate) struct TcpConn<'a> {
+    /// `outbound` or `inbound`.
+    pub direction: &'a str,
+    /// The downstream peer.
+    pub peer: SocketAddr,
+    /// The endpoint connected to.
+    pub upstream: SocketAddr,
+    /// Its cluster.
+    pub cluster: &'a str,
+}
+
+/// Splices both ways (16 KiB buffers, half-close, 1 h idle timeout),
+/// records Istio's TCP metrics and writes the access log line.
 pub(crate) async fn splice_counted<D, U>(
     proxy: &Proxy,
     labels: &RequestLabels,
+    conn: TcpConn<'_>,
     downstream: &mut D,
     upstream: &mut U,
 ) where
@@ -111,6 +132,7 @@ pub(crate) async fn splice_counted<D, U>(
 {
     use isthmus_proxy_core::transport::{SpliceConfig, splice};
     let m = &proxy.metrics;
+    let (start, started) = (std::time::SystemTime::now(), std::time::Instant::now());
     m.tcp_opened.get_or_create(labels).inc();
     let (up, down) = match splice(downstream, upstream, &SpliceConfig::default(), &()).await {
         Ok(s) => (s.to_upstream, s.to_downstream),
@@ -122,4 +144,26 @@ pub(crate) async fn splice_counted<D, U>(
     m.tcp_received.get_or_create(labels).inc_by(up);
     m.tcp_sent.get_or_create(labels).inc_by(down);
     m.tcp_closed.get_or_create(labels).inc();
+    if let Some(log) = &proxy.access_log {
+        log.write(&Entry {
+            start_time: Some(start),
+            direction: conn.direction,
+            protocol: "TCP",
+            response_flags: "-",
+            bytes_received: up,
+            bytes_sent: down,
+            duration: started.elapsed(),
+            upstream_host: Some(conn.upstream),
+            upstream_cluster: conn.cluster,
+            downstream_remote_address: Some(conn.peer),
+            downstream_peer_uri_san: if conn.direction == "inbound"
+                && labels.source_principal != "unknown"
+            {
+                &labels.source_principal
+            } else {
+                ""
+            },
+            ..Entry::default()
+        });
+    }
 }

@@ -44,7 +44,7 @@ pub use inbound::{InboundPort, InboundProtocol};
 
 use crate::identity::Credentials;
 use crate::route::RouteTable;
-use crate::upstream::{Pool, PoolSettings};
+use crate::upstream::{MeshTls, Pool, PoolSettings};
 
 /// SDS name of the trust bundle.
 pub const ROOT_CA: &str = "ROOTCA";
@@ -308,12 +308,18 @@ impl Builder {
             None => None,
             Some((sni, sans)) => match (creds, roots) {
                 (Some(creds), Some(roots)) => {
-                    let mut cfg = isthmus_identity::tls::client_config(&creds.cert, roots, sans)
+                    let mut h2 = isthmus_identity::tls::client_config(&creds.cert, roots, sans)
                         .map_err(|e| format!("transport_socket: {e}"))?;
-                    cfg.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
-                    let name = ServerName::try_from(sni.clone())
+                    let mut http1 = h2.clone();
+                    h2.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
+                    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    let sni = ServerName::try_from(sni.clone())
                         .map_err(|e| format!("transport_socket.sni {sni:?}: {e}"))?;
-                    Some((Arc::new(cfg), name))
+                    Some(MeshTls {
+                        h2: Arc::new(h2),
+                        http1: Arc::new(http1),
+                        sni,
+                    })
                 }
                 // Without a certificate yet the cluster cannot connect; it
                 // appears with the first certificate (readiness waits for it).

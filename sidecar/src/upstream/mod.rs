@@ -14,6 +14,7 @@
 
 mod pool;
 mod stream;
+pub mod upgrade;
 
-pub use pool::{Pool, PoolSettings, UpstreamError};
+pub use pool::{MeshTls, Pool, PoolSettings, UpstreamError};
 pub use stream::{Stream, connect};

@@ -27,11 +27,22 @@ pub struct PoolSettings {
     pub http2: bool,
     /// TCP + TLS handshake bound.
     pub connect_timeout: Duration,
-    /// Mesh mTLS: the client config (certificate, roots, expected SPIFFE
-    /// IDs) and the SNI to send.
-    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// Mesh mTLS: client configs (certificate, roots, expected SPIFFE IDs)
+    /// and the SNI to send.
+    pub tls: Option<MeshTls>,
     /// New connection after this many requests (`maxRequestsPerConnection`).
     pub max_requests_per_connection: Option<u32>,
+}
+
+/// How a cluster's mesh mTLS connections are made.
+#[derive(Clone, Debug)]
+pub struct MeshTls {
+    /// ALPN `h2`, `istio`: pooled HTTP/2 and opaque TCP.
+    pub h2: Arc<ClientConfig>,
+    /// ALPN `http/1.1`: a connection of its own for an upgrade request.
+    pub http1: Arc<ClientConfig>,
+    /// SNI (`outbound_.<port>_.<subset>_.<host>`).
+    pub sni: ServerName<'static>,
 }
 
 impl PoolSettings {
@@ -42,7 +53,7 @@ impl PoolSettings {
             && self.max_requests_per_connection == other.max_requests_per_connection
             && match (&self.tls, &other.tls) {
                 (None, None) => true,
-                (Some((a, sa)), Some((b, sb))) => Arc::ptr_eq(a, b) && sa == sb,
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.h2, &b.h2) && a.sni == b.sni,
                 _ => false,
             }
     }
@@ -274,10 +285,41 @@ impl Pool {
         balancer: &Balancer,
     ) -> Result<super::Stream, UpstreamError> {
         let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
-        let tls = self.settings.tls.as_ref().map(|(c, s)| (c, s));
+        let tls = self.settings.tls.as_ref().map(|t| (&t.h2, &t.sni));
         connect(addr, self.settings.connect_timeout, tls, Some(permit))
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })
+    }
+
+    /// Sends an HTTP/1.1 upgrade request on a connection of its own (mesh
+    /// mTLS with ALPN `http/1.1` when the cluster uses mTLS; never pooled).
+    /// On `101` the caller takes the upgraded stream with
+    /// `hyper::upgrade::on(&mut response)`.
+    pub async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+        balancer: &Balancer,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let req = prepare(req, false)?;
+        let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
+        let tls = self.settings.tls.as_ref().map(|t| (&t.http1, &t.sni));
+        let io = connect(addr, self.settings.connect_timeout, tls, Some(permit))
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request { addr, source })
     }
 
     /// Drops idle connections to endpoints not in `keep`.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod grpc;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +24,7 @@ use isthmus_api::naming::Locality;
 use isthmus_control_plane::run::{Options as CpOptions, Source};
 use isthmus_proxy_core::xds::{NodeInfo, NodeRole};
 use isthmus_sidecar::identity::CertSource;
-use isthmus_sidecar::run::{Mode, Options, Running};
+use isthmus_sidecar::run::{Hooks, Mode, Options, Running};
 use isthmus_sidecar::server::Limits;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -137,40 +139,15 @@ impl Mesh {
         host: u8,
         labels: &[(&str, &str)],
     ) -> Sidecar {
+        self.sidecar_with(Spec::new(workload, sa, host, labels))
+            .await
+    }
+
+    /// Starts a sidecar as `spec` says and waits until it is ready.
+    pub async fn sidecar_with(&self, spec: Spec) -> Sidecar {
+        let options = self.options(&spec);
         let shutdown = CancellationToken::new();
-        let node = NodeInfo {
-            role: NodeRole::Sidecar,
-            ip: Some(ip(self.net, host)),
-            workload: workload.into(),
-            namespace: "sample".into(),
-            cluster: "east".into(),
-            network: "net-east".into(),
-            service_account: sa.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-            locality: Locality::default(),
-        };
-        let options = Options {
-            node,
-            control_plane: format!("http://{}", self.xds),
-            cert: CertSource::Ca {
-                endpoint: format!("http://{}", self.xds),
-                token: format!("tok-{sa}"),
-                validity: None,
-            },
-            mode: Mode::Explicit {
-                outbound: SocketAddr::new(ip(self.net, host), 15001),
-                inbound_ip: ip(self.net, host),
-                app_ip: Some(ip(self.net, host + 100)),
-            },
-            admin: SocketAddr::new(ip(self.net, host), 15000),
-            drain_grace: Duration::from_secs(2),
-            access_log: false,
-            limits: Limits::default(),
-        };
-        let running = isthmus_sidecar::run::start(options, shutdown.clone())
+        let running = isthmus_sidecar::run::start_with(options, shutdown.clone(), spec.hooks)
             .await
             .unwrap();
         tokio::time::timeout(WAIT, running.ready())
@@ -179,6 +156,40 @@ impl Mesh {
         Sidecar {
             running: Some(running),
             shutdown,
+        }
+    }
+
+    /// The options of a sidecar started from `spec`.
+    pub fn options(&self, spec: &Spec) -> Options {
+        let (sa, host) = (spec.sa.as_str(), spec.host);
+        let node = NodeInfo {
+            role: NodeRole::Sidecar,
+            ip: Some(ip(self.net, host)),
+            workload: spec.workload.clone(),
+            namespace: "sample".into(),
+            cluster: "east".into(),
+            network: "net-east".into(),
+            service_account: sa.into(),
+            labels: spec.labels.clone(),
+            locality: spec.locality.clone(),
+        };
+        Options {
+            node,
+            control_plane: format!("http://{}", self.xds),
+            cert: spec.cert.clone().unwrap_or_else(|| CertSource::Ca {
+                endpoint: format!("http://{}", self.xds),
+                token: format!("tok-{sa}"),
+                validity: spec.validity,
+            }),
+            mode: Mode::Explicit {
+                outbound: SocketAddr::new(ip(self.net, host), 15001),
+                inbound_ip: ip(self.net, host),
+                app_ip: Some(ip(self.net, host + 100)),
+            },
+            admin: SocketAddr::new(ip(self.net, host), 15000),
+            drain_grace: spec.drain_grace,
+            access_log: false,
+            limits: spec.limits,
         }
     }
 
@@ -205,6 +216,42 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// How to start one sidecar.
+pub struct Spec {
+    pub workload: String,
+    pub sa: String,
+    pub host: u8,
+    pub labels: BTreeMap<String, String>,
+    pub locality: Locality,
+    /// `None`: a certificate from the control plane's CA.
+    pub cert: Option<CertSource>,
+    /// Lifetime asked of the CA.
+    pub validity: Option<Duration>,
+    pub limits: Limits,
+    pub drain_grace: Duration,
+    pub hooks: Hooks,
+}
+
+impl Spec {
+    pub fn new(workload: &str, sa: &str, host: u8, labels: &[(&str, &str)]) -> Self {
+        Self {
+            workload: workload.into(),
+            sa: sa.into(),
+            host,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            locality: Locality::default(),
+            cert: None,
+            validity: None,
+            limits: Limits::default(),
+            drain_grace: Duration::from_secs(2),
+            hooks: Hooks::default(),
+        }
     }
 }
 
@@ -284,7 +331,7 @@ impl App {
                         async move { Ok::<_, Infallible>(echo(&name, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -299,8 +346,73 @@ impl Drop for App {
     }
 }
 
-async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// A TCP echo server; stopped on drop.
+pub struct TcpEcho {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TcpEcho {
+    pub async fn start(addr: SocketAddr) -> TcpEcho {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+                    }
+                });
+            }
+        });
+        TcpEcho { addr, task }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The echo app: `/status/<code>` answers that code, `/delay/<ms>` answers
+/// after that long, an `Upgrade` request switches to an echo of every chunk
+/// prefixed with the app's name.
+async fn echo(name: &str, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(token) = req.headers().get(http::header::UPGRADE).cloned() {
+        let on = hyper::upgrade::on(&mut req);
+        let prefix = format!("{name}:");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(up) = on.await else { return };
+            let mut io = TokioIo::new(up);
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                let mut out = prefix.clone().into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if io.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert(http::header::UPGRADE, token);
+        r.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        return r;
+    }
     let path = req.uri().path().to_string();
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let status = path
         .strip_prefix("/status/")
         .and_then(|c| c.parse::<u16>().ok())
