@@ -8,6 +8,7 @@
 mod ca;
 mod control_plane;
 mod dns;
+mod gateway;
 mod iptables;
 mod sidecar;
 mod validate;
@@ -47,6 +48,8 @@ enum Command {
     Dns(Box<dns::DnsArgs>),
     /// Run the sidecar proxy next to one workload (xDS, mTLS, routing, authorization).
     Sidecar(Box<sidecar::SidecarArgs>),
+    /// Run this cluster's east-west gateway (SNI passthrough to exported services).
+    Gateway(Box<gateway::GatewayArgs>),
     /// Show the xDS config the control plane last sent to a proxy.
     ProxyConfig {
         /// What to show.
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ControlPlane(args) => control_plane::run(*args),
         Command::Dns(args) => dns::run(*args),
         Command::Sidecar(args) => sidecar::run(*args),
+        Command::Gateway(args) => gateway::run(*args),
         Command::ProxyConfig {
             kind,
             proxy,
