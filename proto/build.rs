@@ -3,7 +3,11 @@
 
 use std::error::Error;
 
-const PROTOS: &[&str] = &["isthmus/ca/v1/ca.proto", "isthmus/dns/v1/dns.proto"];
+const PROTOS: &[&str] = &[
+    "isthmus/ca/v1/ca.proto",
+    "isthmus/dns/v1/dns.proto",
+    "isthmus/federation/v1/federation.proto",
+];
 const INCLUDES: &[&str] = &["proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -1,4 +1,29 @@
-//! Isthmus federation controller: MeshFederation, ServiceExport, catalog exchange.
+//! Isthmus federation controller: links this cluster with its peers.
 //!
-//! Not built yet (issue 7). It will write imported ServiceEntries through
-//! `isthmus_config::ConfigWriter`.
+//! Place in the data flow: it reads the same config source as the control
+//! plane (the `MeshFederation` naming this cluster and its peers,
+//! `ServiceExport`s, and the workloads the control plane's registry is built
+//! from), streams this cluster's exported catalog to linked peers over a
+//! mutually authenticated gRPC API ([`server`], `isthmus.federation.v1`),
+//! streams theirs ([`peer`]), and writes what it imports as `ServiceEntry`
+//! objects through the config source's write path ([`import`]) — which the
+//! control plane then serves as EDS (remote endpoints behind the peer's
+//! gateway) and as the DNS feed. Peer gateways are probed; a peer that is
+//! down turns unhealthy, then stale, then gone, and never blocks startup.
+//!
+//! Entry point: [`run::start`] (what `isthmus federation` and the lab call).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod catalog;
+pub mod import;
+pub mod mesh;
+pub mod metrics;
+pub mod peer;
+pub mod run;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+pub use run::{Error, Options, Running, start};

@@ -16,3 +16,10 @@ pub mod ca {
 pub mod dns {
     tonic::include_proto!("isthmus.dns.v1");
 }
+
+/// `isthmus.federation.v1`: a federation controller streams its cluster's exported catalog
+/// (services, ports, endpoint groups with health, trust bundle) to linked peers over mTLS.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod federation {
+    tonic::include_proto!("isthmus.federation.v1");
+}

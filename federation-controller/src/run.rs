@@ -1,0 +1,615 @@
+//! Starting and stopping a federation controller. [`start`] loads the
+//! cluster CA and the config directory, binds the federation API (mTLS) and
+//! admin listeners, and returns the bound addresses; cancelling its token
+//! stops every task. Peers being down never delays [`start`] or `/ready`.
+//!
+//! Tasks, all fed one way:
+//!
+//! ```text
+//! config dir ─► Store ─► controller: MeshFederation ─► peer tasks (stream + probes) ─► State
+//!                             └─► exported catalog ─► federation API ─► peers    │
+//!                                                                  importer ◄────┘
+//!                                                 ServiceEntries ─► <config-dir>/generated/
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use isthmus_config::dir::DirectorySource;
+use isthmus_config::{ConfigSource, Store};
+use isthmus_control_plane::registry::ClusterContext;
+use isthmus_identity::ClusterCa;
+use isthmus_proto::federation as proto;
+use isthmus_proto::federation::federation_server::FederationServer;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::catalog::{self, LabelAllowList};
+use crate::import::Importer;
+use crate::mesh::Federation;
+use crate::metrics::Metrics;
+use crate::peer::{PeerContext, Peers, Timings};
+use crate::server::FederationService;
+use crate::state::State;
+use crate::tls::Tls;
+
+/// Default port of the federation API.
+pub const DEFAULT_PORT: u16 = 15021;
+/// Default port of the admin server.
+pub const DEFAULT_ADMIN_PORT: u16 = 15022;
+/// How long a TLS handshake on the federation port may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`start`] waits for the config directory's first load.
+const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a federation controller is told. [`Options::new`] has the defaults.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This cluster's name; the MeshFederation whose `spec.local.cluster` matches is used.
+    pub cluster: String,
+    /// Directory mode: MeshFederation, ServiceExports and workloads are read from here;
+    /// imported ServiceEntries are written to `<config_dir>/generated/`.
+    pub config_dir: PathBuf,
+    /// The cluster's `cacerts` directory (intermediate under the shared root).
+    pub ca_dir: PathBuf,
+    /// The federation API (mTLS). Default: `spec.local.federationListen`, else `0.0.0.0:15021`.
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP (`/ready`, `/status`, `/metrics`); none when `None`.
+    pub admin: Option<SocketAddr>,
+    /// Kubernetes cluster domain of local service names (`cluster.local`).
+    pub domain: String,
+    pub timings: Timings,
+    /// Endpoint labels that may cross to peers (and are accepted from them).
+    pub allowed_labels: LabelAllowList,
+    /// Lifetime of the controller's own certificate (renewed at half).
+    pub cert_ttl: Duration,
+    /// How often the `cacerts` directory is checked for changes (root rotation); `None`
+    /// never reloads.
+    pub ca_reload: Option<Duration>,
+    /// Where to write every trusted root (ours and peers'), PEM, whenever it changes.
+    pub trust_bundle_out: Option<PathBuf>,
+}
+
+impl Options {
+    /// Defaults: listen from the MeshFederation (else `0.0.0.0:15021`), admin on
+    /// `0.0.0.0:15022`, domain `cluster.local`, [`Timings::default`], labels `app` and
+    /// `version`, 24 h certificates, CA reload every 10 s, no trust bundle file.
+    pub fn new(
+        cluster: impl Into<String>,
+        config_dir: impl Into<PathBuf>,
+        ca_dir: impl Into<PathBuf>,
+    ) -> Options {
+        Options {
+            cluster: cluster.into(),
+            config_dir: config_dir.into(),
+            ca_dir: ca_dir.into(),
+            listen: None,
+            admin: Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT))),
+            domain: "cluster.local".into(),
+            timings: Timings::default(),
+            allowed_labels: LabelAllowList::default(),
+            cert_ttl: Duration::from_secs(24 * 3600),
+            ca_reload: Some(Duration::from_secs(10)),
+            trust_bundle_out: None,
+        }
+    }
+}
+
+/// Why the controller could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cluster CA: {0}")]
+    Ca(#[from] isthmus_identity::LoadError),
+    #[error("federation identity: {0}")]
+    Tls(#[from] isthmus_identity::tls::TlsError),
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config directory {}: {reason}", dir.display())]
+    Config { dir: PathBuf, reason: String },
+    #[error("federation API server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("federation controller task failed: {0}")]
+    Task(String),
+}
+
+/// A started controller: where it listens, its live state, and its task.
+#[derive(Debug)]
+pub struct Running {
+    /// The federation API (mTLS) address actually bound.
+    pub federation: SocketAddr,
+    /// The admin address actually bound.
+    pub admin: Option<SocketAddr>,
+    admin_state: AdminState,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// The live peer state.
+    pub fn state(&self) -> &State {
+        &self.admin_state.state
+    }
+
+    /// What `/status` would answer now.
+    pub fn status(&self) -> admin::Status {
+        self.admin_state.status()
+    }
+
+    /// Waits until the controller has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task.await.map_err(|e| Error::Task(e.to_string()))?
+    }
+}
+
+/// Loads the CA and config, binds every listener and starts the controller; it stops
+/// when `shutdown` is cancelled.
+///
+/// # Errors
+/// If the CA directory is unusable, the config directory cannot be read or holds two
+/// MeshFederations for this cluster, or a listener cannot be bound.
+pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Running, Error> {
+    let ca = Arc::new(ClusterCa::load(&options.ca_dir)?);
+    let tls = Tls::new(ca, options.cert_ttl)?;
+    let config_error = |reason: String| Error::Config {
+        dir: options.config_dir.clone(),
+        reason,
+    };
+    let tracker = TaskTracker::new();
+    let store = Store::new();
+    let source = DirectorySource::new(&options.config_dir).with_store(store.clone());
+    let writer = source.writer();
+    {
+        let (store, token) = (store.clone(), shutdown.child_token());
+        let dir = options.config_dir.clone();
+        tracker.spawn(async move {
+            if let Err(e) = Box::new(source).run(store, token).await {
+                tracing::error!(dir = %dir.display(), error = %e, "config source stopped");
+            }
+        });
+    }
+    wait_synced(&store).await.map_err(config_error)?;
+    let first =
+        Federation::from_snapshot(&store.snapshot(), &options.cluster).map_err(config_error)?;
+    if let Some(f) = &first
+        && f.local.trust_domain != tls.trust_domain()
+    {
+        tracing::warn!(
+            mesh_federation = %f.source,
+            declared = %f.local.trust_domain,
+            ca = %tls.trust_domain(),
+            "spec.local.trustDomain differs from the trust domain of the cluster intermediate; peers will refuse this cluster"
+        );
+    }
+    let listen = options
+        .listen
+        .or_else(|| {
+            first
+                .as_ref()?
+                .local
+                .federation_listen
+                .as_ref()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Bind {
+            what: "federation API",
+            addr: listen,
+            source,
+        })?;
+    let federation_addr = listener.local_addr().map_err(|source| Error::Bind {
+        what: "federation API",
+        addr: listen,
+        source,
+    })?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let state = State::default();
+    let (catalog_tx, catalog_rx) = watch::channel(Arc::new(proto::Catalog {
+        cluster: options.cluster.clone(),
+        incarnation: incarnation(),
+        trust_domain: tls.trust_domain(),
+        trust_bundle: tls.local_roots().root_pems(),
+        ..proto::Catalog::default()
+    }));
+    let (federation_tx, federation_rx) = watch::channel(first.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState {
+        cluster: options.cluster.clone(),
+        ready: ready.clone(),
+        state: state.clone(),
+        catalog: catalog_rx.clone(),
+        registry: Arc::new(registry),
+    };
+    let admin = match options.admin {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: "admin",
+                    addr,
+                    source,
+                })?;
+            let bound = l.local_addr().ok();
+            tracker.spawn(admin::serve(l, admin_state.clone(), shutdown.clone()));
+            bound
+        }
+        None => None,
+    };
+
+    let (roots_tx, roots_rx) = watch::channel(0u64);
+    let roots_tx_reload = roots_tx.clone();
+    let ctx = PeerContext {
+        cluster: options.cluster.clone(),
+        tls: tls.clone(),
+        state: state.clone(),
+        metrics: metrics.clone(),
+        timings: options.timings,
+        roots_changed: roots_tx.clone(),
+    };
+    let mut peers = Peers::new(ctx, tracker.clone(), shutdown.clone());
+    peers.reconcile(&first.as_ref().map(|f| f.peers.clone()).unwrap_or_default());
+
+    let mut importer = Importer::new(
+        writer.clone(),
+        options.allowed_labels.clone(),
+        options.timings.staleness,
+        metrics.clone(),
+        state.clone(),
+    );
+    importer.adopt(&store.snapshot());
+
+    let service = FederationService {
+        catalog: catalog_rx,
+        federation: federation_rx.clone(),
+        heartbeat: options.timings.heartbeat,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let incoming = accept_tls(listener, tls.clone(), shutdown.clone());
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(FederationServer::new(service))
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .await
+    });
+
+    let controller = Controller {
+        cluster: options.cluster.clone(),
+        domain: options.domain.clone(),
+        labels: options.allowed_labels.clone(),
+        store: store.clone(),
+        tls: tls.clone(),
+        catalog: catalog_tx,
+        federation: federation_tx,
+        metrics,
+        roots_changed: roots_tx,
+    };
+    tracker.spawn(controller.run(peers, shutdown.clone()));
+    tracker.spawn(import_loop(
+        importer,
+        federation_rx,
+        state.subscribe(),
+        options.timings,
+        shutdown.clone(),
+    ));
+    tracker.spawn(renew_loop(tls.clone(), shutdown.clone()));
+    if let Some(every) = options.ca_reload {
+        tracker.spawn(ca_reload_loop(
+            options.ca_dir.clone(),
+            every,
+            tls.clone(),
+            roots_tx_reload,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(path) = options.trust_bundle_out.clone() {
+        tracker.spawn(trust_bundle_loop(
+            path,
+            tls.clone(),
+            roots_rx,
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+    ready.store(true, Ordering::Release);
+    tracing::info!(cluster = %options.cluster, federation = %federation_addr, ?admin, "federation controller started");
+
+    let task = tokio::spawn(async move {
+        let served = grpc.await.map_err(|e| Error::Task(e.to_string()))?;
+        tracker.wait().await;
+        served.map_err(Error::Grpc)
+    });
+    Ok(Running {
+        federation: federation_addr,
+        admin,
+        admin_state,
+        task,
+    })
+}
+
+async fn wait_synced(store: &Store) -> Result<(), String> {
+    let mut sub = store.subscribe();
+    let wait = async {
+        while let Some(update) = sub.next().await {
+            if update.snapshot.is_synced() {
+                return Ok(());
+            }
+        }
+        Err("the store closed before the first load".to_owned())
+    };
+    tokio::time::timeout(FIRST_LOAD_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| Err(format!("first load took over {FIRST_LOAD_TIMEOUT:?}")))
+}
+
+fn incarnation() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Accepts TCP, runs each TLS handshake in its own task (a slow client cannot stall
+/// others), and yields the established streams to tonic.
+fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, from) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        tracing::debug!(%error, "federation accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let config = match tls.server_config() {
+                Ok(c) => Arc::new(c),
+                Err(error) => {
+                    tracing::error!(%error, "federation TLS configuration");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%from, %error, "refused a federation TLS handshake")
+                    }
+                    Err(_) => tracing::debug!(%from, "federation TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Store → MeshFederation, peer tasks, and the exported catalog.
+struct Controller {
+    cluster: String,
+    domain: String,
+    labels: LabelAllowList,
+    store: Store,
+    tls: Arc<Tls>,
+    catalog: watch::Sender<Arc<proto::Catalog>>,
+    federation: watch::Sender<Option<Arc<Federation>>>,
+    metrics: Metrics,
+    roots_changed: watch::Sender<u64>,
+}
+
+impl Controller {
+    async fn run(self, mut peers: Peers, shutdown: CancellationToken) {
+        let mut sub = self.store.subscribe();
+        let mut roots = self.roots_changed.subscribe();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                update = sub.next() => if update.is_none() { return },
+                // The local CA was reloaded: announce its roots.
+                changed = roots.changed() => if changed.is_err() { return },
+            }
+            let snapshot = self.store.snapshot();
+            let federation = match Federation::from_snapshot(&snapshot, &self.cluster) {
+                Ok(f) => f,
+                Err(error) => {
+                    tracing::error!(%error, "MeshFederation; keeping the previous one");
+                    continue;
+                }
+            };
+            if *self.federation.borrow() != federation {
+                peers.reconcile(
+                    &federation
+                        .as_ref()
+                        .map(|f| f.peers.clone())
+                        .unwrap_or_default(),
+                );
+                self.federation.send_replace(federation.clone());
+            }
+            let ctx = ClusterContext {
+                cluster: self.cluster.clone(),
+                network: federation
+                    .as_ref()
+                    .map(|f| f.local.network.clone())
+                    .unwrap_or_default(),
+                domain: self.domain.clone(),
+            };
+            let services = catalog::exported_services(&snapshot, &ctx, &self.labels);
+            let bundle = self.tls.local_roots().root_pems();
+            self.metrics
+                .exported
+                .set(i64::try_from(services.len()).unwrap_or(i64::MAX));
+            self.catalog.send_if_modified(|current| {
+                if current.services == services && current.trust_bundle == bundle {
+                    return false;
+                }
+                let next = proto::Catalog {
+                    version: current.version + 1,
+                    changed_at_unix_ms: unix_ms(),
+                    services: services.clone(),
+                    trust_bundle: bundle.clone(),
+                    trust_domain: self.tls.trust_domain(),
+                    ..(**current).clone()
+                };
+                tracing::info!(
+                    version = next.version,
+                    exported = next.services.len(),
+                    "exported catalog changed"
+                );
+                *current = Arc::new(next);
+                true
+            });
+        }
+    }
+}
+
+/// Peer state or MeshFederation changes → ServiceEntries; a tick catches staleness expiry
+/// and retries failed writes.
+async fn import_loop(
+    mut importer: Importer,
+    mut federation: watch::Receiver<Option<Arc<Federation>>>,
+    mut peers: watch::Receiver<u64>,
+    timings: Timings,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(
+        (timings.staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = peers.changed() => if changed.is_err() { return },
+            changed = federation.changed() => if changed.is_err() { return },
+        }
+        let current = federation.borrow_and_update().clone();
+        peers.borrow_and_update();
+        importer
+            .sync(current.as_deref(), started, Instant::now())
+            .await;
+    }
+}
+
+async fn renew_loop(tls: Arc<Tls>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(tls.renew_every()) => {}
+        }
+        if let Err(error) = tls.renew() {
+            tracing::error!(%error, "renewing the federation certificate");
+        }
+    }
+}
+
+/// Reloads the `cacerts` directory when a file in it changes (root rotation steps).
+async fn ca_reload_loop(
+    dir: PathBuf,
+    every: Duration,
+    tls: Arc<Tls>,
+    roots_changed: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut seen = fingerprint(&dir);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        match ClusterCa::load(&dir) {
+            Ok(ca) => match tls.replace_ca(Arc::new(ca)) {
+                Ok(()) => {
+                    seen = now;
+                    tracing::info!(dir = %dir.display(), roots = tls.local_roots().len(), "reloaded the cluster CA");
+                    roots_changed.send_modify(|v| *v += 1);
+                }
+                Err(error) => tracing::error!(%error, "issuing from the reloaded cluster CA"),
+            },
+            // Files mid-rewrite: try again next time.
+            Err(error) => tracing::warn!(%error, "reloading the cluster CA"),
+        }
+    }
+}
+
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.modified().ok(), meta.len()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Writes every trusted root to `path` whenever the set changes.
+async fn trust_bundle_loop(
+    path: PathBuf,
+    tls: Arc<Tls>,
+    mut roots: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut last = String::new();
+    loop {
+        let pem = tls.all_roots().to_pem();
+        if pem != last {
+            let tmp = path.with_extension("tmp");
+            let result = std::fs::write(&tmp, &pem).and_then(|()| std::fs::rename(&tmp, &path));
+            match result {
+                Ok(()) => last = pem,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "writing the trust bundle")
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = roots.changed() => if changed.is_err() { return },
+        }
+    }
+}
