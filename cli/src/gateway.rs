@@ -105,7 +105,10 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("SIGTERM: draining");
         shutdown.cancel();
-        if tokio::time::timeout(grace + Duration::from_secs(2), stopped).await.is_err() {
+        if tokio::time::timeout(grace + Duration::from_secs(2), stopped)
+            .await
+            .is_err()
+        {
             tracing::warn!("drain did not finish; exiting");
         }
         Ok(ExitCode::SUCCESS)

@@ -48,7 +48,11 @@ const KNOWN_ALPN: [&str; 7] = [
 pub fn alpn_label(alpn: &[String]) -> &'static str {
     match alpn.first() {
         None => "none",
-        Some(a) => KNOWN_ALPN.iter().find(|k| **k == a).copied().unwrap_or("other"),
+        Some(a) => KNOWN_ALPN
+            .iter()
+            .find(|k| **k == a)
+            .copied()
+            .unwrap_or("other"),
     }
 }
 
@@ -235,12 +239,14 @@ impl LogLimit {
             .map(|d| d.as_secs() & 0xffff_ffff)
             .unwrap_or(0);
         let mut allowed = false;
-        let _ = self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-            let (second, count) = (s >> 32, s & 0xffff_ffff);
-            let count = if second == now { count } else { 0 };
-            allowed = count < self.per_second;
-            Some((now << 32) | (count + 1).min(0xffff_ffff))
-        });
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                let (second, count) = (s >> 32, s & 0xffff_ffff);
+                let count = if second == now { count } else { 0 };
+                allowed = count < self.per_second;
+                Some((now << 32) | (count + 1).min(0xffff_ffff))
+            });
         allowed
     }
 }

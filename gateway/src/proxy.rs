@@ -61,7 +61,13 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
     .await;
 }
 
-fn reject(shared: &Shared, peer: SocketAddr, service: &str, reason: &'static str, detail: &dyn std::fmt::Display) {
+fn reject(
+    shared: &Shared,
+    peer: SocketAddr,
+    service: &str,
+    reason: &'static str,
+    detail: &dyn std::fmt::Display,
+) {
     shared.metrics.rejected(service, reason);
     if REJECT_LOG.allow() {
         tracing::info!(%peer, service, reason, "connection refused: {detail}");
@@ -69,13 +75,25 @@ fn reject(shared: &Shared, peer: SocketAddr, service: &str, reason: &'static str
 }
 
 /// Sets `routed` to the service once connected upstream.
-async fn connection(client: &mut TcpStream, peer: SocketAddr, shared: &Shared, routed: &mut Option<String>) {
+async fn connection(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    routed: &mut Option<String>,
+) {
     let s = &shared.settings;
     let metrics = &shared.metrics;
     let _pending = metrics.active("");
     let started = Instant::now();
     let mut hello_bytes = Vec::new();
-    let hello = match read_client_hello(client, &mut hello_bytes, s.max_client_hello, s.client_hello_timeout).await {
+    let hello = match read_client_hello(
+        client,
+        &mut hello_bytes,
+        s.max_client_hello,
+        s.client_hello_timeout,
+    )
+    .await
+    {
         Ok(hello) => hello,
         Err(e) => {
             if !matches!(e, DetectError::Closed(0)) {
@@ -86,20 +104,38 @@ async fn connection(client: &mut TcpStream, peer: SocketAddr, shared: &Shared, r
     };
     metrics.peek_seconds(started.elapsed().as_secs_f64());
     let Some(sni) = hello.sni else {
-        reject(shared, peer, "", "no_sni", &"the ClientHello has no server name");
+        reject(
+            shared,
+            peer,
+            "",
+            "no_sni",
+            &"the ClientHello has no server name",
+        );
         return;
     };
     tracing::Span::current().record("sni", sni.as_str());
     let route = shared.routes.borrow().get(&sni).cloned();
     let Some(route) = route else {
         // Unknown or unexported: never a label (client-chosen), always counted.
-        reject(shared, peer, "", "unknown_sni", &format_args!("no exported service for SNI {sni:?}"));
+        reject(
+            shared,
+            peer,
+            "",
+            "unknown_sni",
+            &format_args!("no exported service for SNI {sni:?}"),
+        );
         return;
     };
     let upstream = &route.upstream;
     let service = upstream.name();
     let Some(_slot) = upstream.try_enter(s.max_connections_per_service) else {
-        reject(shared, peer, service, "service_connection_limit", &format_args!("{} connections open", upstream.active()));
+        reject(
+            shared,
+            peer,
+            service,
+            "service_connection_limit",
+            &format_args!("{} connections open", upstream.active()),
+        );
         return;
     };
     let (mut server, address, _permit) = match upstream.connect(s.connect_attempts).await {
@@ -132,7 +168,11 @@ async fn connection(client: &mut TcpStream, peer: SocketAddr, shared: &Shared, r
         Ok(_) => "closed",
         Err(e) => {
             tracing::debug!(error = %e, "connection failed");
-            if e.side == "upstream" { "upstream_error" } else { "downstream_error" }
+            if e.side == "upstream" {
+                "upstream_error"
+            } else {
+                "downstream_error"
+            }
         }
     };
     metrics.closed(service, end);

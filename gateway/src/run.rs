@@ -13,7 +13,9 @@ use isthmus_api::naming::Locality;
 use isthmus_proxy_core::ProxyConfig;
 use isthmus_proxy_core::admin::{self, AdminServer};
 use isthmus_proxy_core::transport::SpliceConfig;
-use isthmus_proxy_core::xds::{NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions};
+use isthmus_proxy_core::xds::{
+    NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions,
+};
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -163,7 +165,11 @@ impl Running {
 }
 
 fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(BACKLOG)
@@ -186,7 +192,11 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         source,
     })?;
     let xds_listener = options.xds_listener.clone().unwrap_or_else(|| {
-        let port = if options.listen.port() == 0 { DEFAULT_PORT } else { options.listen.port() };
+        let port = if options.listen.port() == 0 {
+            DEFAULT_PORT
+        } else {
+            options.listen.port()
+        };
         format!("0.0.0.0_{port}")
     });
     // `drain` stops accepting (SIGTERM or POST /drain); `stop` ends the
@@ -199,9 +209,17 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     let (config, xds) = match &options.config {
         ConfigSource::Static(rx) => (rx.clone(), None),
         ConfigSource::ControlPlane(address) => {
-            let uri = if address.contains("://") { address.clone() } else { format!("http://{address}") };
+            let uri = if address.contains("://") {
+                address.clone()
+            } else {
+                format!("http://{address}")
+            };
             let connector = PlaintextConnector::new(&uri)?;
-            let client = XdsClient::spawn(XdsOptions::new(options.node.to_node()), connector, stop.clone());
+            let client = XdsClient::spawn(
+                XdsOptions::new(options.node.to_node()),
+                connector,
+                stop.clone(),
+            );
             (client.config(), Some(client))
         }
     };
@@ -220,21 +238,37 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     });
     let (routes_tx, routes) = watch::channel(Arc::new(RouteTable::default()));
     let (ready_tx, ready) = watch::channel(false);
-    let routes_task = tokio::spawn(keep_routes(config.clone(), xds_ready, xds_listener, routes_tx, ready_tx, stop.clone()));
+    let routes_task = tokio::spawn(keep_routes(
+        config.clone(),
+        xds_ready,
+        xds_listener,
+        routes_tx,
+        ready_tx,
+        stop.clone(),
+    ));
 
     let mut registry = Registry::with_prefix("isthmus");
     let metrics = Metrics::register(&mut registry);
     let admin = match options.admin {
         None => None,
         Some(address) => {
-            let std_listener = std::net::TcpListener::bind(address).map_err(|source| Error::Bind {
-                what: "admin",
-                address,
-                source,
-            })?;
+            let std_listener =
+                std::net::TcpListener::bind(address).map_err(|source| Error::Bind {
+                    what: "admin",
+                    address,
+                    source,
+                })?;
             let bound = std_listener.local_addr().map_err(Error::Admin)?;
-            let server = admin_server(Arc::new(registry), config, ready.clone(), routes.clone(), drain.clone());
-            let thread = server.spawn_dedicated(std_listener, stop.clone()).map_err(Error::Admin)?;
+            let server = admin_server(
+                Arc::new(registry),
+                config,
+                ready.clone(),
+                routes.clone(),
+                drain.clone(),
+            );
+            let thread = server
+                .spawn_dedicated(std_listener, stop.clone())
+                .map_err(Error::Admin)?;
             Some((bound, thread))
         }
     };
@@ -262,7 +296,10 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
             tracker.close();
             tracing::info!(connections = tracker.len(), "draining");
             if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                tracing::warn!(connections = tracker.len(), "drain grace period over; closing the rest");
+                tracing::warn!(
+                    connections = tracker.len(),
+                    "drain grace period over; closing the rest"
+                );
                 force.cancel();
                 tracker.wait().await;
             }

@@ -14,7 +14,11 @@ use tokio::net::TcpStream;
 async fn env_with(tune: impl FnOnce(&mut isthmus_gateway::Options)) -> (Pki, TlsServer, Env) {
     let pki = Pki::new();
     let hw = TlsServer::start("hw", pki.server()).await;
-    let env = Env::start(&services(hw.port(), hw.port(), &[], dead_port().await), tune).await;
+    let env = Env::start(
+        &services(hw.port(), hw.port(), &[], dead_port().await),
+        tune,
+    )
+    .await;
     (pki, hw, env)
 }
 
@@ -29,10 +33,19 @@ async fn rejected(env: &Env, reason: &str) -> f64 {
 async fn garbage_plain_text_and_oversize_input_is_closed_cleanly() {
     let (pki, _hw, env) = env_with(|_| {}).await;
     let inputs: Vec<(&str, Vec<u8>)> = vec![
-        ("not_tls", b"GET / HTTP/1.1\r\nHost: helloworld\r\n\r\n".to_vec()),
-        ("not_tls", (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect()),
+        (
+            "not_tls",
+            b"GET / HTTP/1.1\r\nHost: helloworld\r\n\r\n".to_vec(),
+        ),
+        (
+            "not_tls",
+            (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
         // A handshake header announcing a 20 KiB ClientHello.
-        ("client_hello_too_large", vec![22, 3, 1, 0x40, 0, 1, 0, 0x50, 0]),
+        (
+            "client_hello_too_large",
+            vec![22, 3, 1, 0x40, 0, 1, 0, 0x50, 0],
+        ),
         // A ClientHello record with a broken body.
         ("malformed_client_hello", {
             let mut v = vec![22, 3, 1, 0, 8, 1, 0, 0, 4];
@@ -43,7 +56,10 @@ async fn garbage_plain_text_and_oversize_input_is_closed_cleanly() {
     for (reason, input) in &inputs {
         let mut s = TcpStream::connect(env.listen).await.unwrap();
         let _ = s.write_all(input).await;
-        assert!(closed_within(&mut s, Duration::from_secs(2)).await, "{reason}: still open");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(2)).await,
+            "{reason}: still open"
+        );
     }
     // 17 KiB of well-formed handshake records that never complete the hello.
     let mut s = TcpStream::connect(env.listen).await.unwrap();
@@ -54,7 +70,10 @@ async fn garbage_plain_text_and_oversize_input_is_closed_cleanly() {
         big.extend(vec![0u8; 0x1000]);
     }
     let _ = s.write_all(&big).await;
-    assert!(closed_within(&mut s, Duration::from_secs(2)).await, "oversize: still open");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(2)).await,
+        "oversize: still open"
+    );
 
     assert_eq!(rejected(&env, "not_tls").await, 2.0);
     assert_eq!(rejected(&env, "client_hello_too_large").await, 2.0);
@@ -141,16 +160,25 @@ async fn a_drain_finishes_open_connections_and_refuses_new_ones() {
     })
     .await
     .expect("not ready while draining");
-    assert!(TcpStream::connect(env.listen).await.is_err(), "the listener is closed");
+    assert!(
+        TcpStream::connect(env.listen).await.is_err(),
+        "the listener is closed"
+    );
     // The open connection still works, and ends when its client is done.
     assert!(ask(&mut open, "during").await.unwrap().ends_with("during"));
     let gateway = env.gateway.take().unwrap();
     let stopped = tokio::spawn(gateway.wait());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!stopped.is_finished(), "stopped while a connection was open");
+    assert!(
+        !stopped.is_finished(),
+        "stopped while a connection was open"
+    );
     open.shutdown().await.unwrap();
     drop(open);
-    tokio::time::timeout(WAIT, stopped).await.expect("stopped after the last connection").unwrap();
+    tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("stopped after the last connection")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -161,9 +189,16 @@ async fn after_the_grace_period_remaining_connections_are_closed() {
     let started = Instant::now();
     env.shutdown.cancel();
     let gateway = env.gateway.take().unwrap();
-    tokio::time::timeout(WAIT, gateway.wait()).await.expect("stopped");
+    tokio::time::timeout(WAIT, gateway.wait())
+        .await
+        .expect("stopped");
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(ask(&mut open, "after").await.map(|a| a.is_empty()).unwrap_or(true));
+    assert!(
+        ask(&mut open, "after")
+            .await
+            .map(|a| a.is_empty())
+            .unwrap_or(true)
+    );
 }
 
 #[tokio::test]
@@ -174,12 +209,21 @@ async fn the_admin_endpoints_show_config_routes_and_metrics() {
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["listeners"][0]["name"], "0.0.0.0_15443");
     assert!(dump.to_string().contains(HW_SNI));
-    assert!(!dump.to_string().contains("secret-db"), "unexported services are not in the gateway config");
+    assert!(
+        !dump.to_string().contains("secret-db"),
+        "unexported services are not in the gateway config"
+    );
     let (status, routes) = http_get(env.admin, "/routes").await;
     assert_eq!(status, 200);
-    assert!(routes.contains(V1_SNI) && !routes.contains("secret-db"), "{routes}");
+    assert!(
+        routes.contains(V1_SNI) && !routes.contains("secret-db"),
+        "{routes}"
+    );
     let (status, metrics) = http_get(env.admin, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("isthmus_gateway_client_hello_duration_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("isthmus_gateway_client_hello_duration_seconds"),
+        "{metrics}"
+    );
     env.stop().await;
 }

@@ -16,7 +16,11 @@ async fn mtls_passes_through_untouched_and_the_server_sees_the_callers_identity(
     let pki = Pki::new();
     let v1 = TlsServer::start("v1", pki.server()).await;
     let v2 = TlsServer::start("v2", pki.server()).await;
-    let env = Env::start(&services(v1.port(), v2.port(), &[], dead_port().await), |_| {}).await;
+    let env = Env::start(
+        &services(v1.port(), v2.port(), &[], dead_port().await),
+        |_| {},
+    )
+    .await;
 
     // The client checks the server's SPIFFE ID (helloworld in east): the
     // gateway, which has no certificate at all, cannot be in the middle.
@@ -35,7 +39,11 @@ async fn mtls_passes_through_untouched_and_the_server_sees_the_callers_identity(
     drop(conn);
 
     tokio::time::timeout(WAIT, async {
-        while env.metric("isthmus_gateway_connections_closed_total{").await < 2.0 {
+        while env
+            .metric("isthmus_gateway_connections_closed_total{")
+            .await
+            < 2.0
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -43,12 +51,27 @@ async fn mtls_passes_through_untouched_and_the_server_sees_the_callers_identity(
     .expect("both connections counted as closed");
     let service = "service=\"outbound|5000||helloworld.sample.svc.cluster.local\"";
     assert_eq!(
-        env.metric(&format!("isthmus_gateway_connections_opened_total{{{service}")).await,
+        env.metric(&format!(
+            "isthmus_gateway_connections_opened_total{{{service}"
+        ))
+        .await,
         2.0
     );
-    assert!(env.metric(&format!("isthmus_gateway_received_bytes_total{{{service}")).await > 500.0);
-    assert!(env.metric(&format!("isthmus_gateway_sent_bytes_total{{{service}")).await > 500.0);
-    assert!(env.metric("isthmus_gateway_client_hello_duration_seconds_count").await >= 2.0);
+    assert!(
+        env.metric(&format!("isthmus_gateway_received_bytes_total{{{service}"))
+            .await
+            > 500.0
+    );
+    assert!(
+        env.metric(&format!("isthmus_gateway_sent_bytes_total{{{service}"))
+            .await
+            > 500.0
+    );
+    assert!(
+        env.metric("isthmus_gateway_client_hello_duration_seconds_count")
+            .await
+            >= 2.0
+    );
     env.stop().await;
 }
 
@@ -64,12 +87,18 @@ async fn the_replayed_bytes_are_exactly_what_the_client_sent() {
     let mut client = TcpStream::connect(env.listen).await.unwrap();
     client.write_all(&sent).await.unwrap();
     client.shutdown().await.unwrap();
-    let (mut upstream, _) = tokio::time::timeout(WAIT, recorder.accept()).await.unwrap().unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut got))
+    let (mut upstream, _) = tokio::time::timeout(WAIT, recorder.accept())
         .await
         .unwrap()
         .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut got),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(got, sent);
     drop(upstream);
     env.stop().await;
@@ -102,9 +131,15 @@ async fn an_unexported_or_unknown_sni_is_refused() {
         let result = call(env.listen, sni, pki.client()).await;
         assert!(result.is_err(), "{sni}: {result:?}");
     }
-    assert!(db.clients.lock().unwrap().is_empty(), "nothing reached secret-db");
+    assert!(
+        db.clients.lock().unwrap().is_empty(),
+        "nothing reached secret-db"
+    );
     assert_eq!(
-        env.metric("isthmus_gateway_connections_rejected_total{service=\"\",reason=\"unknown_sni\"}").await,
+        env.metric(
+            "isthmus_gateway_connections_rejected_total{service=\"\",reason=\"unknown_sni\"}"
+        )
+        .await,
         5.0
     );
     // The exported one still works.
@@ -117,12 +152,26 @@ async fn the_subset_in_the_sni_selects_the_endpoints() {
     let pki = Pki::new();
     let v1 = TlsServer::start("v1", pki.server()).await;
     let v2 = TlsServer::start("v2", pki.server()).await;
-    let env = Env::start(&services(v1.port(), v2.port(), &[], dead_port().await), |_| {}).await;
+    let env = Env::start(
+        &services(v1.port(), v2.port(), &[], dead_port().await),
+        |_| {},
+    )
+    .await;
     env.wait_routes(V1_SNI).await;
     env.wait_routes(V2_SNI).await;
     for _ in 0..4 {
-        assert!(call(env.listen, V1_SNI, pki.client()).await.unwrap().starts_with("v1 "));
-        assert!(call(env.listen, V2_SNI, pki.client()).await.unwrap().starts_with("v2 "));
+        assert!(
+            call(env.listen, V1_SNI, pki.client())
+                .await
+                .unwrap()
+                .starts_with("v1 ")
+        );
+        assert!(
+            call(env.listen, V2_SNI, pki.client())
+                .await
+                .unwrap()
+                .starts_with("v2 ")
+        );
     }
     // Without a subset: both.
     let mut seen = std::collections::BTreeSet::new();
@@ -139,7 +188,11 @@ async fn a_dead_endpoint_is_skipped_before_any_byte_is_sent() {
     let pki = Pki::new();
     let live = TlsServer::start("live", pki.server()).await;
     let dead = [dead_port().await, dead_port().await];
-    let env = Env::start(&services(live.port(), live.port(), &dead, dead_port().await), |_| {}).await;
+    let env = Env::start(
+        &services(live.port(), live.port(), &dead, dead_port().await),
+        |_| {},
+    )
+    .await;
     env.wait_routes(V1_SNI).await;
     // v1 has one live and two dead endpoints: every call lands on the live one.
     for _ in 0..6 {
@@ -147,7 +200,8 @@ async fn a_dead_endpoint_is_skipped_before_any_byte_is_sent() {
         assert!(a.starts_with("live "), "{a}");
     }
     assert_eq!(
-        env.metric("isthmus_gateway_connections_rejected_total").await,
+        env.metric("isthmus_gateway_connections_rejected_total")
+            .await,
         0.0
     );
     // Outlier detection ejected the dead ones (two connect failures in a row).
@@ -163,7 +217,10 @@ async fn a_dead_endpoint_is_skipped_before_any_byte_is_sent() {
         .collect();
     let dead: Vec<String> = dead.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     assert_eq!(ejected.len(), 2, "{v1}");
-    assert!(ejected.iter().all(|a| dead.contains(a)), "{ejected:?} {dead:?}");
+    assert!(
+        ejected.iter().all(|a| dead.contains(a)),
+        "{ejected:?} {dead:?}"
+    );
     env.stop().await;
 }
 
@@ -171,7 +228,11 @@ async fn a_dead_endpoint_is_skipped_before_any_byte_is_sent() {
 async fn a_client_hello_fragmented_across_records_and_segments_is_routed() {
     let pki = Pki::new();
     let v1 = TlsServer::start("v1", pki.server()).await;
-    let env = Env::start(&services(v1.port(), v1.port(), &[], dead_port().await), |_| {}).await;
+    let env = Env::start(
+        &services(v1.port(), v1.port(), &[], dead_port().await),
+        |_| {},
+    )
+    .await;
     env.wait_routes(V1_SNI).await;
     // Records of at most 32 bytes (rustls' minimum), sent 50 bytes per TCP
     // write with 20 ms pauses.
@@ -180,10 +241,11 @@ async fn a_client_hello_fragmented_across_records_and_segments_is_routed() {
     let tcp = TcpStream::connect(env.listen).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let trickle = Trickle::new(tcp, 50, Duration::from_millis(20), 4096);
-    let mut conn = tokio::time::timeout(WAIT, tls_over(trickle, V1_SNI, std::sync::Arc::new(config)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut conn =
+        tokio::time::timeout(WAIT, tls_over(trickle, V1_SNI, std::sync::Arc::new(config)))
+            .await
+            .unwrap()
+            .unwrap();
     let a = tokio::time::timeout(WAIT, ask(&mut conn, "fragmented"))
         .await
         .expect("answer in time")

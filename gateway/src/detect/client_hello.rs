@@ -8,8 +8,8 @@
 //! values and its `many0` extension loop stops silently at the first
 //! extension it cannot decode, so "no SNI" and "malformed" look alike. It
 //! also brings nom-derive, num_enum and phf (with a build script) into the
-//! gateway. The fuzz target (`gateway/fuzz`) checks this parser against
-//! chunking and against tls-parser.
+//! gateway. The fuzz target (`gateway/fuzz`) checks that this parser never
+//! panics and answers the same however TCP cuts the bytes.
 //!
 //! Strictness (RFC 8446 §4.1.2, §4.2, §5.1; RFC 6066 §3): handshake records
 //! only, no empty records, record version 3.x, no duplicate extensions, one
@@ -53,7 +53,9 @@ impl fmt::Display for HelloError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HelloError::NotTls => f.write_str("not a TLS handshake"),
-            HelloError::NotClientHello => f.write_str("first handshake message is not a ClientHello"),
+            HelloError::NotClientHello => {
+                f.write_str("first handshake message is not a ClientHello")
+            }
             HelloError::TooLarge => f.write_str("ClientHello larger than the limit"),
             HelloError::Malformed(what) => write!(f, "malformed ClientHello: {what}"),
         }
@@ -142,7 +144,8 @@ impl Reassembler {
         if header[0] != CLIENT_HELLO {
             return Err(HelloError::NotClientHello);
         }
-        let len = (usize::from(header[1]) << 16) | (usize::from(header[2]) << 8) | usize::from(header[3]);
+        let len =
+            (usize::from(header[1]) << 16) | (usize::from(header[2]) << 8) | usize::from(header[3]);
         if len + 4 > self.max {
             return Err(HelloError::TooLarge);
         }
@@ -263,7 +266,9 @@ fn server_name(data: &[u8]) -> Result<String, HelloError> {
         }
         host = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
     }
-    host.ok_or(HelloError::Malformed("server_name extension without a host name"))
+    host.ok_or(HelloError::Malformed(
+        "server_name extension without a host name",
+    ))
 }
 
 /// RFC 7301 §3.1: a non-empty list of non-empty names.

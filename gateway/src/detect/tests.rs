@@ -94,7 +94,10 @@ fn reads_sni_and_alpn_from_a_rustls_client_hello() {
 
 #[test]
 fn the_sni_is_lowercased() {
-    let msg = hello(&[sni_ext(&[(0, "Outbound_.5000_._.HelloWorld.sample.global")])]);
+    let msg = hello(&[sni_ext(&[(
+        0,
+        "Outbound_.5000_._.HelloWorld.sample.global",
+    )])]);
     let hello = parse(&records(&msg, 1 << 14)).unwrap().unwrap();
     assert_eq!(
         hello.sni.as_deref(),
@@ -175,7 +178,12 @@ fn oversize_is_refused_as_soon_as_a_length_says_so() {
     let framed = records(&msg, 4000);
     assert_eq!(parse(&framed), Err(HelloError::TooLarge));
     // The same within a larger limit is fine.
-    assert!(Reassembler::new(32 * 1024).advance(&framed).unwrap().is_some());
+    assert!(
+        Reassembler::new(32 * 1024)
+            .advance(&framed)
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]
@@ -185,12 +193,18 @@ fn malformed_hellos_are_refused() {
             hello(&[sni_ext(&[(0, SNI)]), sni_ext(&[(0, "other")])]),
             "an extension appears twice",
         ),
-        (hello(&[sni_ext(&[(0, SNI), (0, "other")])]), "two host names"),
+        (
+            hello(&[sni_ext(&[(0, SNI), (0, "other")])]),
+            "two host names",
+        ),
         (
             hello(&[sni_ext(&[(0, "evil\0.example")])]),
             "server name is not a DNS host name",
         ),
-        (hello(&[sni_ext(&[(0, "")])]), "server name is not a DNS host name"),
+        (
+            hello(&[sni_ext(&[(0, "")])]),
+            "server name is not a DNS host name",
+        ),
         (
             hello(&[sni_ext(&[(1, "not-a-host-name")])]),
             "server_name extension without a host name",
@@ -242,9 +256,14 @@ async fn reading_over_a_stream_stops_at_the_hello_and_keeps_every_byte() {
         client
     });
     let mut buf = Vec::new();
-    let hello = read_client_hello(&mut server, &mut buf, DEFAULT_MAX_HELLO, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let hello = read_client_hello(
+        &mut server,
+        &mut buf,
+        DEFAULT_MAX_HELLO,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(hello.sni.as_deref(), Some(SNI));
     assert_eq!(buf, bytes);
     drop(writer.await.unwrap());
@@ -256,9 +275,14 @@ async fn a_slow_client_times_out_and_an_early_close_is_reported() {
     let (mut client, mut server) = tokio::io::duplex(64 * 1024);
     client.write_all(&bytes[..20]).await.unwrap();
     let mut buf = Vec::new();
-    let err = read_client_hello(&mut server, &mut buf, DEFAULT_MAX_HELLO, Duration::from_secs(10))
-        .await
-        .unwrap_err();
+    let err = read_client_hello(
+        &mut server,
+        &mut buf,
+        DEFAULT_MAX_HELLO,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DetectError::Timeout(_)), "{err}");
     assert_eq!(err.reason(), "client_hello_timeout");
 
@@ -266,8 +290,13 @@ async fn a_slow_client_times_out_and_an_early_close_is_reported() {
     client.write_all(&bytes[..20]).await.unwrap();
     drop(client);
     let mut buf = Vec::new();
-    let err = read_client_hello(&mut server, &mut buf, DEFAULT_MAX_HELLO, Duration::from_secs(10))
-        .await
-        .unwrap_err();
+    let err = read_client_hello(
+        &mut server,
+        &mut buf,
+        DEFAULT_MAX_HELLO,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DetectError::Closed(20)), "{err}");
 }

@@ -65,14 +65,20 @@ impl RouteTable {
     /// For `/routes`: SNI → service, and per service the open connections
     /// and the balancer's view (endpoints, health, ejections).
     pub fn to_json(&self) -> serde_json::Value {
-        let snis: std::collections::BTreeMap<&String, &str> =
-            self.by_sni.iter().map(|(sni, r)| (sni, r.upstream.name())).collect();
+        let snis: std::collections::BTreeMap<&String, &str> = self
+            .by_sni
+            .iter()
+            .map(|(sni, r)| (sni, r.upstream.name()))
+            .collect();
         let services: std::collections::BTreeMap<&String, serde_json::Value> = self
             .upstreams
             .iter()
             .map(|(name, u)| {
                 let status = serde_json::to_value(u.status()).unwrap_or_default();
-                (name, serde_json::json!({ "active": u.active(), "balancer": status }))
+                (
+                    name,
+                    serde_json::json!({ "active": u.active(), "balancer": status }),
+                )
             })
             .collect();
         serde_json::json!({ "snis": snis, "services": services, "warnings": self.warnings })
@@ -85,14 +91,16 @@ impl RouteTable {
         let mut table = RouteTable::default();
         let Some(l) = config.listeners.get(listener) else {
             if !config.listeners.is_empty() {
-                table.warnings.push(format!("no listener {listener:?} in the config"));
+                table
+                    .warnings
+                    .push(format!("no listener {listener:?} in the config"));
             }
             return table;
         };
         if l.default_filter_chain.is_some() {
-            table
-                .warnings
-                .push(format!("listener {listener}: default_filter_chain ignored (no default route)"));
+            table.warnings.push(format!(
+                "listener {listener}: default_filter_chain ignored (no default route)"
+            ));
         }
         for (i, chain) in l.filter_chains.iter().enumerate() {
             let what = format!("listener {listener}: filter_chains[{i}] ({})", chain.name);
@@ -103,9 +111,18 @@ impl RouteTable {
         table
     }
 
-    fn add_chain(&mut self, config: &ProxyConfig, chain: &FilterChain, previous: &RouteTable) -> Result<(), String> {
+    fn add_chain(
+        &mut self,
+        config: &ProxyConfig,
+        chain: &FilterChain,
+        previous: &RouteTable,
+    ) -> Result<(), String> {
         let m = chain.filter_chain_match.clone().unwrap_or_default();
-        let names: Vec<String> = m.server_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let names: Vec<String> = m
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
         if names.is_empty() {
             return Err("no server_names (a catch-all is never served)".into());
         }
@@ -127,7 +144,9 @@ impl RouteTable {
         });
         for name in names {
             if self.by_sni.contains_key(&name) {
-                self.warnings.push(format!("server name {name:?} is listed twice; the first chain wins"));
+                self.warnings.push(format!(
+                    "server name {name:?} is listed twice; the first chain wins"
+                ));
                 continue;
             }
             self.by_sni.insert(name, route.clone());
@@ -137,7 +156,12 @@ impl RouteTable {
 
     /// The upstream for `cluster`: this table's, else the previous table's
     /// (updated), else a new one.
-    fn upstream(&mut self, config: &ProxyConfig, cluster: &Cluster, previous: &RouteTable) -> Result<Arc<Upstream>, String> {
+    fn upstream(
+        &mut self,
+        config: &ProxyConfig,
+        cluster: &Cluster,
+        previous: &RouteTable,
+    ) -> Result<Arc<Upstream>, String> {
         if let Some(u) = self.upstreams.get(&cluster.name) {
             return Ok(u.clone());
         }
@@ -145,7 +169,10 @@ impl RouteTable {
             Some(EdsClusterConfig { service_name, .. }) if !service_name.is_empty() => service_name,
             _ => &cluster.name,
         };
-        let cla = config.endpoints.get(eds_name).or(cluster.load_assignment.as_ref());
+        let cla = config
+            .endpoints
+            .get(eds_name)
+            .or(cluster.load_assignment.as_ref());
         let upstream = match previous.upstreams.get(&cluster.name) {
             Some(u) => {
                 u.update(cluster, cla).map_err(|e| e.to_string())?;
@@ -153,7 +180,8 @@ impl RouteTable {
             }
             _ => Arc::new(Upstream::new(cluster, cla).map_err(|e| e.to_string())?),
         };
-        self.upstreams.insert(cluster.name.clone(), upstream.clone());
+        self.upstreams
+            .insert(cluster.name.clone(), upstream.clone());
         Ok(upstream)
     }
 }
@@ -168,11 +196,15 @@ pub(crate) fn to_std(d: envoy_types::pb::google::protobuf::Duration) -> Option<D
 /// The chain's only filter, a TCP proxy.
 fn single_tcp_proxy(chain: &FilterChain) -> Result<TcpProxy, String> {
     let [f] = chain.filters.as_slice() else {
-        return Err(format!("{} filters; exactly one tcp_proxy is supported", chain.filters.len()));
+        return Err(format!(
+            "{} filters; exactly one tcp_proxy is supported",
+            chain.filters.len()
+        ));
     };
     match &f.config_type {
         Some(filter::ConfigType::TypedConfig(any)) if any.type_url == TcpProxy::type_url() => {
-            TcpProxy::decode(any.value.as_slice()).map_err(|e| format!("tcp_proxy does not decode: {e}"))
+            TcpProxy::decode(any.value.as_slice())
+                .map_err(|e| format!("tcp_proxy does not decode: {e}"))
         }
         _ => Err(format!("filter {:?} is not a tcp_proxy", f.name)),
     }

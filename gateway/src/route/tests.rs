@@ -1,5 +1,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::util::pack_any;
 
@@ -61,7 +63,10 @@ fn every_server_name_of_a_chain_routes_to_its_cluster_and_nothing_else_does() {
                     "Outbound_.5000_._.helloworld.sample.global",
                 ],
             ),
-            chain(HW_V1, &["outbound_.5000_.v1_.helloworld.sample.svc.cluster.local"]),
+            chain(
+                HW_V1,
+                &["outbound_.5000_.v1_.helloworld.sample.svc.cluster.local"],
+            ),
         ],
         None,
     );
@@ -69,16 +74,24 @@ fn every_server_name_of_a_chain_routes_to_its_cluster_and_nothing_else_does() {
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     assert_eq!(t.len(), 3);
     let name = |sni: &str| t.get(sni).map(|r| r.upstream.name().to_string());
-    assert_eq!(name("outbound_.5000_._.helloworld.sample.global").as_deref(), Some(HW));
+    assert_eq!(
+        name("outbound_.5000_._.helloworld.sample.global").as_deref(),
+        Some(HW)
+    );
     assert_eq!(
         name("outbound_.5000_.v1_.helloworld.sample.svc.cluster.local").as_deref(),
         Some(HW_V1)
     );
-    assert_eq!(name("outbound_.5000_.v2_.helloworld.sample.svc.cluster.local"), None);
+    assert_eq!(
+        name("outbound_.5000_.v2_.helloworld.sample.svc.cluster.local"),
+        None
+    );
     assert_eq!(name("helloworld.sample.svc.cluster.local"), None);
     // The two SNIs of one chain share one upstream.
     assert!(Arc::ptr_eq(
-        &t.get("outbound_.5000_._.helloworld.sample.global").unwrap().upstream,
+        &t.get("outbound_.5000_._.helloworld.sample.global")
+            .unwrap()
+            .upstream,
         &t.get("outbound_.5000_._.helloworld.sample.svc.cluster.local")
             .unwrap()
             .upstream
@@ -90,8 +103,14 @@ fn catch_alls_wildcards_and_defaults_are_never_routes() {
     let mut c = config(
         vec![
             chain(HW, &[]),
-            chain("outbound|1|x|secret.sample.svc.cluster.local", &["*.sample.svc.cluster.local"]),
-            chain(HW_V1, &["outbound_.5000_.v1_.helloworld.sample.svc.cluster.local"]),
+            chain(
+                "outbound|1|x|secret.sample.svc.cluster.local",
+                &["*.sample.svc.cluster.local"],
+            ),
+            chain(
+                HW_V1,
+                &["outbound_.5000_.v1_.helloworld.sample.svc.cluster.local"],
+            ),
         ],
         Some(chain("outbound|9|x|db.sample.svc.cluster.local", &[])),
     );
@@ -100,11 +119,18 @@ fn catch_alls_wildcards_and_defaults_are_never_routes() {
         .get_mut("0.0.0.0_15443")
         .unwrap()
         .filter_chains
-        .push(chain("outbound|7||gone.sample.svc.cluster.local", &["outbound_.7_._.gone"]));
-    c.clusters.remove("outbound|7||gone.sample.svc.cluster.local");
+        .push(chain(
+            "outbound|7||gone.sample.svc.cluster.local",
+            &["outbound_.7_._.gone"],
+        ));
+    c.clusters
+        .remove("outbound|7||gone.sample.svc.cluster.local");
     let t = RouteTable::build(&c, "0.0.0.0_15443", &RouteTable::default());
     assert_eq!(t.len(), 1);
-    assert!(t.get("outbound_.5000_.v1_.helloworld.sample.svc.cluster.local").is_some());
+    assert!(
+        t.get("outbound_.5000_.v1_.helloworld.sample.svc.cluster.local")
+            .is_some()
+    );
     let warnings = t.warnings.join("\n");
     for expected in [
         "default_filter_chain ignored",
@@ -118,11 +144,17 @@ fn catch_alls_wildcards_and_defaults_are_never_routes() {
 
 #[test]
 fn upstreams_survive_a_rebuild_and_another_listener_name_routes_nothing() {
-    let c = config(vec![chain(HW, &["outbound_.5000_._.helloworld.sample.global"])], None);
+    let c = config(
+        vec![chain(HW, &["outbound_.5000_._.helloworld.sample.global"])],
+        None,
+    );
     let first = RouteTable::build(&c, "0.0.0.0_15443", &RouteTable::default());
     let second = RouteTable::build(&c, "0.0.0.0_15443", &first);
     let sni = "outbound_.5000_._.helloworld.sample.global";
-    assert!(Arc::ptr_eq(&first.get(sni).unwrap().upstream, &second.get(sni).unwrap().upstream));
+    assert!(Arc::ptr_eq(
+        &first.get(sni).unwrap().upstream,
+        &second.get(sni).unwrap().upstream
+    ));
     let other = RouteTable::build(&c, "0.0.0.0_16443", &first);
     assert!(other.is_empty());
     assert_eq!(other.warnings.len(), 1);

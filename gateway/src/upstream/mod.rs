@@ -34,7 +34,10 @@ pub enum ConnectError {
     },
     /// The last endpoint tried did not answer in time.
     #[error("connecting to {address} timed out after {attempts} attempts")]
-    Timeout { address: SocketAddr, attempts: usize },
+    Timeout {
+        address: SocketAddr,
+        attempts: usize,
+    },
 }
 
 impl ConnectError {
@@ -106,7 +109,10 @@ impl Upstream {
     ///
     /// # Errors
     /// If the endpoints are unusable (e.g. an address is not an IP).
-    pub fn new(cluster: &Cluster, cla: Option<&ClusterLoadAssignment>) -> Result<Self, BalanceError> {
+    pub fn new(
+        cluster: &Cluster,
+        cla: Option<&ClusterLoadAssignment>,
+    ) -> Result<Self, BalanceError> {
         Ok(Self {
             name: cluster.name.clone(),
             balancer: Balancer::new(&with_defaults(cluster), cla)?,
@@ -119,7 +125,11 @@ impl Upstream {
     ///
     /// # Errors
     /// As for [`new`](Self::new); the old state is then kept.
-    pub fn update(&self, cluster: &Cluster, cla: Option<&ClusterLoadAssignment>) -> Result<(), BalanceError> {
+    pub fn update(
+        &self,
+        cluster: &Cluster,
+        cla: Option<&ClusterLoadAssignment>,
+    ) -> Result<(), BalanceError> {
         self.balancer.update(&with_defaults(cluster), cla)
     }
 
@@ -141,7 +151,9 @@ impl Upstream {
     /// Counts a new connection if fewer than `limit` are open.
     pub fn try_enter(&self, limit: usize) -> Option<ActiveGuard<'_>> {
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .ok()
             .map(|_| ActiveGuard { upstream: self })
     }
@@ -152,8 +164,14 @@ impl Upstream {
     ///
     /// # Errors
     /// See [`ConnectError`]; the last failure when every attempt failed.
-    pub async fn connect(&self, attempts: usize) -> Result<(TcpStream, SocketAddr, Permit), ConnectError> {
-        let permit = self.balancer.try_connection().ok_or(ConnectError::Overflow)?;
+    pub async fn connect(
+        &self,
+        attempts: usize,
+    ) -> Result<(TcpStream, SocketAddr, Permit), ConnectError> {
+        let permit = self
+            .balancer
+            .try_connection()
+            .ok_or(ConnectError::Overflow)?;
         let mut tried = Vec::with_capacity(attempts);
         let mut last = ConnectError::NoEndpoint;
         while tried.len() < attempts.max(1) {

@@ -92,11 +92,15 @@ impl TlsServer {
         let task = tokio::spawn(async move {
             let acceptor = TlsAcceptor::from(config);
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let seen = seen.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let id = peer_identity(&tls.get_ref().1.peer_certificates().unwrap()[0])
                         .unwrap()
                         .to_string();
@@ -245,9 +249,13 @@ impl Env {
         options.drain_grace = Duration::from_secs(5);
         tune(&mut options);
         let shutdown = CancellationToken::new();
-        let gateway = isthmus_gateway::start(options, shutdown.clone()).await.unwrap();
+        let gateway = isthmus_gateway::start(options, shutdown.clone())
+            .await
+            .unwrap();
         assert!(
-            tokio::time::timeout(WAIT, gateway.ready()).await.expect("gateway ready in time"),
+            tokio::time::timeout(WAIT, gateway.ready())
+                .await
+                .expect("gateway ready in time"),
             "gateway stopped before it was ready"
         );
         let (listen, admin) = (gateway.listen, gateway.admin.unwrap());
@@ -289,7 +297,9 @@ impl Env {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(g) = self.gateway.take() {
-            tokio::time::timeout(WAIT, g.wait()).await.expect("gateway stopped in time");
+            tokio::time::timeout(WAIT, g.wait())
+                .await
+                .expect("gateway stopped in time");
         }
     }
 }
@@ -317,14 +327,21 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 pub type Tls<S> = tokio_rustls::client::TlsStream<S>;
 
 /// A TLS connection through the gateway over `tcp`, with `sni`.
-pub async fn tls_over<S>(tcp: S, sni: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls<S>>
+pub async fn tls_over<S>(
+    tcp: S,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -333,12 +350,19 @@ where
 }
 
 /// Connects through the gateway with `sni`.
-pub async fn tls(gateway: SocketAddr, sni: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls<TcpStream>> {
+pub async fn tls(
+    gateway: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls<TcpStream>> {
     tls_over(TcpStream::connect(gateway).await?, sni, config).await
 }
 
 /// Sends one line and reads the answer line.
-pub async fn ask<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S, line: &str) -> std::io::Result<String> {
+pub async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &mut S,
+    line: &str,
+) -> std::io::Result<String> {
     tls.write_all(format!("{line}\n").as_bytes()).await?;
     tls.flush().await?;
     let mut answer = Vec::new();
@@ -354,7 +378,11 @@ pub async fn ask<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S, line: &str) -> 
 }
 
 /// One call: connect, handshake, one line; bounded by [`WAIT`].
-pub async fn call(gateway: SocketAddr, sni: &str, config: Arc<rustls::ClientConfig>) -> Result<String, String> {
+pub async fn call(
+    gateway: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
     tokio::time::timeout(WAIT, async {
         let mut t = tls(gateway, sni, config).await.map_err(|e| e.to_string())?;
         ask(&mut t, "ping").await.map_err(|e| e.to_string())
@@ -404,13 +432,21 @@ impl<S> Trickle<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Trickle<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Trickle<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.sent >= self.limit {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         }

@@ -20,7 +20,9 @@ static DESCRIPTORS: &[u8] =
 
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).unwrap_or_else(|_| DescriptorPool::new()))
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(DESCRIPTORS).unwrap_or_else(|_| DescriptorPool::new())
+    })
 }
 
 /// One message as JSON with its `@type`; a message the descriptors do not

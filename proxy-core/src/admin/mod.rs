@@ -50,9 +50,10 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
 fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> AdminResponse {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -172,11 +173,18 @@ impl AdminServer {
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         out.into(),
                     ),
-                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n"),
+                    Err(_) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding metrics failed\n",
+                    ),
                 }
             }
             "/config_dump" if s.config.is_some() => {
-                let config = s.config.as_ref().map(|c| c.borrow().clone()).unwrap_or_default();
+                let config = s
+                    .config
+                    .as_ref()
+                    .map(|c| c.borrow().clone())
+                    .unwrap_or_default();
                 json(StatusCode::OK, &config_dump(&config))
             }
             "/drain" if s.drain.is_some() => {

@@ -82,7 +82,12 @@ impl AdminServer {
         let (parts, body) = req.into_parts();
         let body: Bytes = match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return text(http::StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            Err(_) => {
+                return text(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n",
+                );
+            }
         };
         self.handle(&http::Request::from_parts(parts, body))
     }

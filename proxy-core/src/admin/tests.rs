@@ -4,10 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     Secret, TlsCertificate, secret,
 };
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -21,12 +21,17 @@ use crate::ResourceType;
 /// One HTTP/1.1 request over a fresh connection: (status, body).
 async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -82,9 +87,15 @@ async fn serves_ready_metrics_config_dump_drain_and_extra_routes() {
     let shutdown = CancellationToken::new();
     let thread = server.spawn_dedicated(listener, shutdown.clone()).unwrap();
 
-    assert_eq!(request(addr, "GET", "/ready").await, (503, "not ready\n".into()));
+    assert_eq!(
+        request(addr, "GET", "/ready").await,
+        (503, "not ready\n".into())
+    );
     synced.store(true, Ordering::Relaxed);
-    assert_eq!(request(addr, "GET", "/ready").await, (200, "ready\n".into()));
+    assert_eq!(
+        request(addr, "GET", "/ready").await,
+        (200, "ready\n".into())
+    );
 
     let (status, metrics) = request(addr, "GET", "/metrics").await;
     assert_eq!(status, 200);
@@ -116,18 +127,18 @@ async fn serves_ready_metrics_config_dump_drain_and_extra_routes() {
     assert!(!drain.is_cancelled());
     assert_eq!(request(addr, "POST", "/drain").await.0, 200);
     assert!(drain.is_cancelled());
-    assert_eq!(request(addr, "GET", "/ready").await, (503, "draining\n".into()));
+    assert_eq!(
+        request(addr, "GET", "/ready").await,
+        (503, "draining\n".into())
+    );
 
     shutdown.cancel();
     tokio::task::spawn_blocking(move || thread.join().unwrap())
         .await
         .unwrap();
     // The port is closed once the server stopped.
-    let refused = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await;
+    let refused =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await;
     assert!(matches!(refused, Ok(Err(_))), "{refused:?}");
 }
 

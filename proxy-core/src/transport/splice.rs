@@ -68,7 +68,8 @@ impl Half {
                     Poll::Pending => {
                         // Nothing more to read now: push out what was written.
                         if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (Side::Writer, e))?;
+                            ready!(writer.as_mut().poll_flush(cx))
+                                .map_err(|e| (Side::Writer, e))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
@@ -138,9 +139,8 @@ where
 {
     let mut up = Half::new(config.buffer_size);
     let mut down = Half::new(config.buffer_size);
-    let mut idle: Option<Pin<Box<Sleep>>> = config
-        .idle_timeout
-        .map(|t| Box::pin(tokio::time::sleep(t)));
+    let mut idle: Option<Pin<Box<Sleep>>> =
+        config.idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
     let mut last_activity = Instant::now();
 
     let result = poll_fn(|cx| {
@@ -152,7 +152,11 @@ where
             observer,
         );
         if let Poll::Ready(Err((side, e))) = to_up {
-            let side = if side == Side::Reader { "downstream" } else { "upstream" };
+            let side = if side == Side::Reader {
+                "downstream"
+            } else {
+                "upstream"
+            };
             return Poll::Ready(Err((side, e)));
         }
         let to_down = down.poll_copy(
@@ -163,7 +167,11 @@ where
             observer,
         );
         if let Poll::Ready(Err((side, e))) = to_down {
-            let side = if side == Side::Reader { "upstream" } else { "downstream" };
+            let side = if side == Side::Reader {
+                "upstream"
+            } else {
+                "downstream"
+            };
             return Poll::Ready(Err((side, e)));
         }
         if to_up.is_ready() && to_down.is_ready() {

@@ -73,9 +73,10 @@ async fn copies_both_ways_through_small_buffers_and_counts() {
 async fn a_half_close_is_passed_on_and_the_other_direction_keeps_flowing() {
     let (mut client, mut down) = tcp_pair().await;
     let (mut up, mut server) = tcp_pair().await;
-    let proxy = tokio::spawn(async move {
-        splice(&mut down, &mut up, &SpliceConfig::default(), &()).await
-    });
+    let proxy =
+        tokio::spawn(
+            async move { splice(&mut down, &mut up, &SpliceConfig::default(), &()).await },
+        );
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap();
     // The server sees the request, then EOF, while it can still answer.
@@ -127,9 +128,10 @@ async fn a_reset_upstream_is_an_error_naming_the_upstream() {
     let (mut up, server) = tcp_pair().await;
     // Linger 0: closing sends a RST instead of a FIN.
     server.set_zero_linger().unwrap();
-    let proxy = tokio::spawn(async move {
-        splice(&mut down, &mut up, &SpliceConfig::default(), &()).await
-    });
+    let proxy =
+        tokio::spawn(
+            async move { splice(&mut down, &mut up, &SpliceConfig::default(), &()).await },
+        );
     client.write_all(b"hello").await.unwrap();
     drop(server);
     let err = tokio::time::timeout(Duration::from_secs(5), proxy)
