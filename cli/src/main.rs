@@ -10,6 +10,7 @@ mod control_plane;
 mod dns;
 mod gateway;
 mod iptables;
+mod lab;
 mod sidecar;
 mod validate;
 
@@ -46,6 +47,14 @@ enum Command {
     ControlPlane(Box<control_plane::ControlPlaneArgs>),
     /// Run the cross-cluster DNS server (.global, clusterset.local names).
     Dns(Box<dns::DnsArgs>),
+    /// A whole federation on this machine: up, status, logs, curl, load, demo, down.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Shift traffic between clusters: writes DestinationRule + VirtualService, shows the split.
+    Canary(lab::CanaryArgs),
+    /// Failover drills against a running lab.
+    #[command(subcommand)]
+    Drill(lab::DrillCommand),
     /// Run the sidecar proxy next to one workload (xDS, mTLS, routing, authorization).
     Sidecar(Box<sidecar::SidecarArgs>),
     /// Run this cluster's east-west gateway (SNI passthrough to exported services).
@@ -101,6 +110,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ControlPlane(args) => control_plane::run(*args),
         Command::Dns(args) => dns::run(*args),
         Command::Sidecar(args) => sidecar::run(*args),
+        Command::Lab(cmd) => lab::run(cmd),
+        Command::Canary(args) => lab::canary(args),
+        Command::Drill(cmd) => lab::drill_cmd(cmd),
         Command::Gateway(args) => gateway::run(*args),
         Command::ProxyConfig {
             kind,
