@@ -153,6 +153,25 @@ spec:
     retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,gateway-error,503"}
 "#;
 
+const STICKY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld, namespace: sample}
+spec:
+  host: helloworld.sample.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 5s, baseEjectionTime: 10s, minHealthPercent: 20}
+    loadBalancer:
+      consistentHash:
+        httpCookie: {name: session, path: /, ttl: 600s}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {httpHeaderName: X-User, ringHash: {minimumRingSize: 4096}}
+"#;
+
 fn push_context(extra: &str) -> PushContext {
     let loaded = load_yaml(Some("mesh.yaml"), &format!("{MESH}---\n{extra}"));
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
@@ -269,6 +288,39 @@ fn fault_injection_and_mirroring_routes() {
         .cloned()
         .unwrap();
     golden("fault-and-mirror", vhost);
+}
+
+#[test]
+fn consistent_hash_makes_ring_hash_clusters_and_route_hash_policies() {
+    let sticky_vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: helloworld-local, namespace: sample}
+spec:
+  hosts: [helloworld.sample.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /v1}}]
+    route: [{destination: {host: helloworld.sample.svc.cluster.local, subset: v1}}]
+  - route: [{destination: {host: helloworld.sample.svc.cluster.local}}]
+"#;
+    let pc = push_context(&format!("{STICKY}---\n{sticky_vs}"));
+    let sleep = proxy(ProxyRole::Sidecar, "sleep", "us-east/us-east-1a");
+    let local = |n: &str| n.ends_with("|helloworld.sample.svc.cluster.local");
+    let routes = render(&pc, &sleep, ROUTE, &["5000"], |_| true);
+    let vhost = routes[0]["virtualHosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "helloworld.sample.svc.cluster.local:5000")
+        .cloned()
+        .unwrap();
+    golden(
+        "consistent-hash",
+        json!({
+            "clusters": render(&pc, &sleep, CLUSTER, &[], local),
+            "virtualHost": vhost,
+        }),
+    );
 }
 
 #[test]

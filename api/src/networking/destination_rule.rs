@@ -104,11 +104,56 @@ pub struct LoadBalancerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistent_hash: Option<Unsupported>,
+    pub consistent_hash: Option<ConsistentHashLb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<Unsupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<Unsupported>,
+}
+
+/// Istio `LoadBalancerSettings.ConsistentHashLB`: sticky sessions by a
+/// request property, on Envoy's ring hash. Exactly one hash key is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Unsupported>,
+    /// Deprecated in Istio in favour of `ringHash.minimumRingSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// Istio `ConsistentHashLB.HTTPCookie`: hash on a cookie, generated with
+/// `ttl` when the request has none.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCookie {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Unsupported>,
+}
+
+/// Istio `ConsistentHashLB.RingHash`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RingHash {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
 }
 
 /// Istio `LocalityLoadBalancerSetting`.

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use super::{Ctx, subset_name};
 use crate::naming::{self, Locality, LocalityPattern};
 use crate::networking::{
-    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, GatewaySpec,
-    LoadBalancerSettings, LocalityLbSetting, OutlierDetection, Resolution, ServerTlsMode,
-    ServiceEntrySpec, TrafficPolicy, WorkloadEntrySpec,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb,
+    DestinationRuleSpec, GatewaySpec, LoadBalancerSettings, LocalityLbSetting, OutlierDetection,
+    Resolution, ServerTlsMode, ServiceEntrySpec, TrafficPolicy, WorkloadEntrySpec,
 };
 
 /// Port protocols Isthmus knows (case-insensitive, as Istio).
@@ -88,6 +88,17 @@ fn policy_parts(
     if let Some(l) = lb.and_then(|lb| lb.locality_lb_setting.as_ref()) {
         cx.field("loadBalancer.localityLbSetting", |cx| locality_lb(cx, l));
     }
+    if let Some(lb) = lb
+        && let Some(ch) = &lb.consistent_hash
+    {
+        if lb.simple.is_some() {
+            cx.error_at(
+                "loadBalancer",
+                "simple and consistentHash are alternatives; set one",
+            );
+        }
+        cx.field("loadBalancer.consistentHash", |cx| consistent_hash(cx, ch));
+    }
     if let Some(cp) = cp {
         cx.field("connectionPool", |cx| connection_pool(cx, cp));
     }
@@ -152,6 +163,74 @@ fn locality_lb(cx: &mut Ctx, l: &LocalityLbSetting) {
             ));
         }
     });
+}
+
+/// Envoy's largest ring.
+const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+
+fn consistent_hash(cx: &mut Ctx, ch: &ConsistentHashLb) {
+    let keys = [
+        ch.http_header_name.is_some(),
+        ch.http_cookie.is_some(),
+        ch.use_source_ip == Some(true),
+        ch.http_query_parameter_name.is_some(),
+    ];
+    match keys.iter().filter(|k| **k).count() {
+        1 => {}
+        0 => cx.error(
+            "one hash key is required: httpHeaderName, httpCookie, useSourceIp or \
+             httpQueryParameterName",
+        ),
+        _ => cx.error(
+            "httpHeaderName, httpCookie, useSourceIp and httpQueryParameterName are \
+             alternatives; set one",
+        ),
+    }
+    if let Some(h) = &ch.http_header_name {
+        cx.field("httpHeaderName", |cx| {
+            if !is_token(h) {
+                cx.error(format!("{h:?} is not an HTTP header name"));
+            }
+        });
+    }
+    if ch
+        .http_query_parameter_name
+        .as_ref()
+        .is_some_and(String::is_empty)
+    {
+        cx.error_at("httpQueryParameterName", "must not be empty");
+    }
+    if let Some(c) = &ch.http_cookie {
+        cx.field("httpCookie", |cx| {
+            if c.name.is_empty() {
+                cx.error_at("name", "cookie name is required");
+            } else if !is_token(&c.name) {
+                cx.error_at("name", format!("{:?} is not a cookie name", c.name));
+            }
+            if c.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                cx.error_at("path", "must start with '/'");
+            }
+        });
+    }
+    let mut ring = |field: &str, size: Option<u64>| {
+        if let Some(n) = size
+            && !(1..=MAX_RING_SIZE).contains(&n)
+        {
+            cx.error_at(field, format!("must be in 1..={MAX_RING_SIZE}, got {n}"));
+        }
+    };
+    ring("minimumRingSize", ch.minimum_ring_size);
+    ring(
+        "ringHash.minimumRingSize",
+        ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size),
+    );
+}
+
+/// An RFC 9110 token (header and cookie names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn locality_pattern(cx: &mut Ctx, p: &str) {

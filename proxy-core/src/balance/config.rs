@@ -8,7 +8,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy,
+    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy, RingHashLbConfig,
+    ring_hash_lb_config::HashFunction,
 };
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -18,6 +19,7 @@ use prost::{Message, Name};
 
 use super::assignment::{self, Assignment};
 use super::outlier::{self, OutlierConfig};
+use super::ring::{DEFAULT_MAX_RING, DEFAULT_MIN_RING, RingSize};
 
 /// A cluster or its endpoints that cannot be balanced as configured:
 /// `Cluster "<name>": <field path>: <reason>`.
@@ -58,7 +60,11 @@ pub(crate) enum Discovery {
 pub(crate) enum Policy {
     RoundRobin,
     Random,
-    LeastRequest { choices: u32 },
+    LeastRequest {
+        choices: u32,
+    },
+    /// Consistent hashing; requests without a hash pick at random.
+    RingHash(RingSize),
 }
 
 /// Circuit-breaker limits of the DEFAULT routing priority (Envoy's defaults).
@@ -255,18 +261,52 @@ fn policy(c: &Cluster, discovery: Discovery) -> Result<(Policy, &'static str), B
             };
             Ok((Policy::LeastRequest { choices }, name))
         }
-        (_, LbPolicy::RingHash | LbPolicy::Maglev) => Err(err(
+        (_, LbPolicy::RingHash) => {
+            let size = match &c.lb_config {
+                None => RingSize {
+                    min: DEFAULT_MIN_RING,
+                    max: DEFAULT_MAX_RING,
+                },
+                Some(LbConfig::RingHashLbConfig(r)) => ring_size(c, r)?,
+                Some(_) => return Err(bad_config("this lb_config")),
+            };
+            Ok((Policy::RingHash(size), name))
+        }
+        (_, LbPolicy::Maglev) => Err(err(
             "lb_policy",
-            format!(
-                "{name} (consistent hashing) is not supported: the Isthmus control plane \
-                 never emits it (DestinationRule consistentHash is rejected)"
-            ),
+            "MAGLEV is not supported: use RING_HASH (DestinationRule consistentHash.ringHash)"
+                .into(),
         )),
         (_, LbPolicy::LoadBalancingPolicyConfig) => Err(err(
             "lb_policy",
             "LOAD_BALANCING_POLICY_CONFIG is not supported".into(),
         )),
     }
+}
+
+/// `ring_hash_lb_config`: ring sizes; xxHash only (Envoy's default).
+fn ring_size(c: &Cluster, r: &RingHashLbConfig) -> Result<RingSize, BalanceError> {
+    let err = |field: &str, reason: String| {
+        BalanceError::new(&c.name, format!("ring_hash_lb_config.{field}"), reason)
+    };
+    if r.hash_function != HashFunction::XxHash as i32 {
+        return Err(err("hash_function", "only XX_HASH is supported".into()));
+    }
+    let min = r.minimum_ring_size.map_or(DEFAULT_MIN_RING, |v| v.value);
+    let max = r.maximum_ring_size.map_or(DEFAULT_MAX_RING, |v| v.value);
+    if min == 0 || min > DEFAULT_MAX_RING {
+        return Err(err(
+            "minimum_ring_size",
+            format!("must be in 1..={DEFAULT_MAX_RING}, got {min}"),
+        ));
+    }
+    if max < min || max > DEFAULT_MAX_RING {
+        return Err(err(
+            "maximum_ring_size",
+            format!("must be in {min}..={DEFAULT_MAX_RING}, got {max}"),
+        ));
+    }
+    Ok(RingSize { min, max })
 }
 
 /// `common_lb_config`: (locality weighted, panic threshold percent).
@@ -299,6 +339,16 @@ fn common_lb(c: &Cluster) -> Result<(bool, f64), BalanceError> {
         return Err(err(
             "common_lb_config.override_host_status",
             "host overrides are not supported",
+        ));
+    }
+    if common
+        .consistent_hashing_lb_config
+        .as_ref()
+        .is_some_and(|h| h.use_hostname_for_hashing || h.hash_balance_factor.is_some())
+    {
+        return Err(err(
+            "common_lb_config.consistent_hashing_lb_config",
+            "hashing by hostname and bounded loads are not supported",
         ));
     }
     if common.close_connections_on_host_set_change {

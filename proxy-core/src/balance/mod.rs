@@ -35,8 +35,10 @@
 //!   equal weights; with unequal weights idle hosts get their weight's share
 //!   and busy ones lose load, approximating Envoy's weighted scheduler with
 //!   its default `active_request_bias` of 1.0 (other biases are rejected).
-//!   RING_HASH and MAGLEV are rejected: the control plane never emits them
-//!   (DestinationRule `consistentHash` is unsupported).
+//!   RING_HASH is Envoy's ring (`ring`): the request's hash picks the
+//!   priority and the point on a ring spanning the priority's usable hosts
+//!   (locality weights do not apply under RING_HASH); without a hash it
+//!   picks at random. MAGLEV is rejected.
 //! - *Outlier detection*: consecutive errors eject at once when the counter
 //!   reaches its threshold (the counter restarts); ejection lasts
 //!   `base × multiplier` (capped at `max(base, max_ejection_time)`), the
@@ -59,6 +61,7 @@ mod endpoint;
 mod outlier;
 mod pick;
 mod pool;
+mod ring;
 mod status;
 mod view;
 
@@ -237,7 +240,7 @@ impl Balancer {
         let rng = &self.shared.rng;
         let mut first = None;
         for _ in 0..3 {
-            let endpoint = view.choose(cfg.policy, rng)?;
+            let endpoint = view.choose(cfg.policy, ctx.hash, rng)?;
             if !ctx.exclude.contains(&endpoint.info.address) {
                 return Some(self.shared.start(endpoint.clone()));
             }

@@ -11,8 +11,8 @@ use super::endpoint::{Endpoint, EndpointInfo};
 /// What a request brings to [`Balancer::pick`](super::Balancer::pick).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PickContext<'a> {
-    /// Consistent-hash key of the request. No supported policy uses it
-    /// (RING_HASH and MAGLEV are rejected), so it is ignored for now.
+    /// Consistent-hash key of the request (the route's `hash_policy`);
+    /// used by RING_HASH clusters, ignored by the others.
     pub hash: Option<u64>,
     /// Addresses this request already tried (retry host predicate, connect
     /// retries): avoided whenever another host that takes load exists (as

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::config::Policy;
 use super::endpoint::Endpoint;
+use super::ring::Ring;
 
 /// 2^64 / φ: the SplitMix64 increment, and the step of the golden-ratio
 /// sequence weighted round robin follows.
@@ -63,11 +64,13 @@ pub(crate) struct Pool {
     total: u64,
     /// Round-robin position (starts at a random offset so proxies do not move in step).
     cursor: AtomicU64,
+    /// RING_HASH only.
+    ring: Option<Ring>,
 }
 
 impl Pool {
     /// None for no hosts.
-    pub(crate) fn new(hosts: Vec<Arc<Endpoint>>, rng: &Rng) -> Option<Pool> {
+    pub(crate) fn new(hosts: Vec<Arc<Endpoint>>, policy: Policy, rng: &Rng) -> Option<Pool> {
         let first = hosts.first()?.weight();
         let uniform = hosts.iter().all(|h| h.weight() == first);
         let cumulative: Vec<u64> = if uniform {
@@ -82,11 +85,16 @@ impl Pool {
                 .collect()
         };
         let total = cumulative.last().copied().unwrap_or(hosts.len() as u64);
+        let ring = match policy {
+            Policy::RingHash(size) => Some(Ring::build(&hosts, size)),
+            _ => None,
+        };
         Some(Pool {
             hosts,
             cumulative,
             total,
             cursor: AtomicU64::new(rng.next_u64()),
+            ring,
         })
     }
 
@@ -106,8 +114,14 @@ impl Pool {
         &self.hosts[i]
     }
 
-    pub(crate) fn pick(&self, policy: Policy, rng: &Rng) -> &Arc<Endpoint> {
+    /// A host by `policy`; `hash` is the request's consistent-hash key.
+    pub(crate) fn pick(&self, policy: Policy, hash: Option<u64>, rng: &Rng) -> &Arc<Endpoint> {
         match policy {
+            Policy::RingHash(_) => match (&self.ring, hash) {
+                (Some(ring), Some(h)) => &self.hosts[ring.at(h).min(self.hosts.len() - 1)],
+                // No hash (e.g. the header is missing): any host, as Envoy.
+                _ => self.at(rng.next_u64()),
+            },
             Policy::RoundRobin => {
                 let n = self.cursor.fetch_add(1, Relaxed);
                 if self.cumulative.is_empty() {

@@ -5,6 +5,7 @@
 mod config;
 mod outlier;
 mod priority;
+mod ring;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -197,14 +197,24 @@ impl View {
     }
 
     /// A host by priority load, then locality, then the cluster's policy.
-    pub(crate) fn choose(&self, policy: Policy, rng: &Rng) -> Option<&Arc<Endpoint>> {
-        let roll = rng.below(100) as u32;
+    /// With a consistent-hash key the hash picks the priority too (Envoy's
+    /// `chooseHostSet`), so a request keeps its host while priorities hold.
+    pub(crate) fn choose(
+        &self,
+        policy: Policy,
+        hash: Option<u64>,
+        rng: &Rng,
+    ) -> Option<&Arc<Endpoint>> {
+        let roll = match (policy, hash) {
+            (Policy::RingHash(_), Some(h)) => (h % 100) as u32,
+            _ => rng.below(100) as u32,
+        };
         let mut sum = 0;
         let level = self.levels.iter().find(|l| {
             sum += l.load;
             roll < sum
         })?;
-        level.choose(policy, rng)
+        level.choose(policy, hash, rng)
     }
 
     /// A host by weight among every eligible one not in `exclude`.
@@ -270,11 +280,14 @@ impl Level {
         if self.panic {
             self.pools.extend(Pool::new(
                 groups.iter().flat_map(|g| pick(g, true)).collect(),
+                cfg.policy,
                 rng,
             ));
             return;
         }
-        if cfg.locality_weighted {
+        // A ring spans every locality of the priority: hashing must not
+        // depend on a random locality draw.
+        if cfg.locality_weighted && !matches!(cfg.policy, Policy::RingHash(_)) {
             let overprovisioning = f64::from(cfg.assignment.overprovisioning) / 100.0;
             let mut sum = 0.0;
             for g in groups {
@@ -282,7 +295,7 @@ impl Level {
                 let share = healthy.len() as f64 / g.hosts.len().max(1) as f64;
                 let weight = f64::from(g.weight.unwrap_or(0)) * (overprovisioning * share).min(1.0);
                 if weight > 0.0
-                    && let Some(pool) = Pool::new(healthy, rng)
+                    && let Some(pool) = Pool::new(healthy, cfg.policy, rng)
                 {
                     sum += weight;
                     self.pools.push(pool);
@@ -296,11 +309,12 @@ impl Level {
         }
         self.pools.extend(Pool::new(
             groups.iter().flat_map(|g| pick(g, false)).collect(),
+            cfg.policy,
             rng,
         ));
     }
 
-    fn choose(&self, policy: Policy, rng: &Rng) -> Option<&Arc<Endpoint>> {
+    fn choose(&self, policy: Policy, hash: Option<u64>, rng: &Rng) -> Option<&Arc<Endpoint>> {
         let pool = match self.locality_weights.last() {
             Some(&total) if self.pools.len() > 1 => {
                 let x = rng.unit() * total;
@@ -309,6 +323,6 @@ impl Level {
             }
             _ => self.pools.first()?,
         };
-        Some(pool.pick(policy, rng))
+        Some(pool.pick(policy, hash, rng))
     }
 }

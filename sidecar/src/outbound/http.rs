@@ -398,6 +398,12 @@ async fn route(
     };
     *chosen = Some(cluster.clone());
     let hash = forward.request_hash(&info, peer.ip());
+    // A cookie policy with a ttl hands the client the cookie it hashed on.
+    let set_cookie = forward
+        .hash_policies
+        .iter()
+        .find_map(|p| p.new_cookie(&info, peer.ip()))
+        .and_then(|c| HeaderValue::from_str(&c).ok());
     // Passthrough in explicit mode: where the authority resolves (the app
     // used the sidecar as its HTTP proxy for a host the mesh does not know).
     let original_dst = match (cluster.kind, original_dst) {
@@ -592,6 +598,9 @@ async fn route(
     };
     f.insert(flags);
     let mut resp = resp;
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     target.response_headers.apply(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
     (resp, f, upstream)

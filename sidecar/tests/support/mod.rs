@@ -296,6 +296,8 @@ pub enum Behavior {
     Echo,
     /// Closes every connection without answering.
     Reset,
+    /// Accepts connections and never answers.
+    Hang,
 }
 
 /// A test application; stopped on drop.
@@ -319,10 +321,27 @@ impl App {
                     return;
                 };
                 h.fetch_add(1, Ordering::Relaxed);
-                if behavior == Behavior::Reset {
-                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                    drop(stream);
-                    continue;
+                match behavior {
+                    Behavior::Reset => {
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                        continue;
+                    }
+                    Behavior::Hang => {
+                        tokio::spawn(async move {
+                            let mut stream = stream;
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) =
+                                tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await
+                            {
+                                if n == 0 {
+                                    return;
+                                }
+                            }
+                        });
+                        continue;
+                    }
+                    Behavior::Echo => {}
                 }
                 let name = name.clone();
                 tokio::spawn(async move {
@@ -438,6 +457,8 @@ async fn echo(name: &str, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     });
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
+    r.headers_mut()
+        .insert("x-app", http::HeaderValue::from_str(name).unwrap());
     r
 }
 
@@ -460,28 +481,39 @@ impl Reply {
     }
 }
 
-/// A pooled HTTP/1.1 client.
-pub fn client() -> hyper_util::client::legacy::Client<
+/// The tests' HTTP/1.1 client.
+pub type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
-> {
+>;
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// GET `http://<host><path>` through the sidecar at `via`.
-pub async fn get(
-    c: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
+pub async fn get(c: &Client, via: SocketAddr, host: &str, path: &str) -> Reply {
+    send(c, via, "GET", host, path, &[]).await
+}
+
+/// `method` `http://<host><path>` with `headers` through the sidecar at `via`.
+pub async fn send(
+    c: &Client,
     via: SocketAddr,
+    method: &str,
     host: &str,
     path: &str,
+    headers: &[(&str, &str)],
 ) -> Reply {
-    let req = Request::get(format!("http://{via}{path}"))
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{via}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = tokio::time::timeout(WAIT, c.request(req))
         .await
         .expect("answer in time")

@@ -16,7 +16,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
     circuit_breakers::Thresholds,
     cluster::{
-        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,
+        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+        RingHashLbConfig,
         common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
     },
 };
@@ -33,6 +34,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
         ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
     },
 };
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::UInt64Value;
 use isthmus_api::naming::{Sni, SpiffeId};
 use isthmus_api::networking::{ClientTlsMode, SimpleLb};
 
@@ -44,6 +47,8 @@ use crate::xds::{ProxyInfo, XdsResource};
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 /// Name of the cluster that drops traffic.
 pub const BLACKHOLE: &str = "BlackHoleCluster";
+/// Ring size of a consistent-hash cluster when the rule sets none (Istio's).
+pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
 /// Connect timeout when no DestinationRule sets one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -182,11 +187,28 @@ fn base(name: &str, policy: &EffectivePolicy<'_>) -> Cluster {
     let connect = tcp
         .and_then(|t| t.connect_timeout)
         .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+    let consistent = policy
+        .load_balancer
+        .and_then(|lb| lb.consistent_hash.as_ref());
     let lb = match policy.load_balancer.and_then(|lb| lb.simple) {
+        _ if consistent.is_some() => LbPolicy::RingHash,
         Some(SimpleLb::Random) => LbPolicy::Random,
         Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
         _ => LbPolicy::LeastRequest,
     };
+    // Istio's ring: at least 1024 points unless the rule asks for more or fewer.
+    let lb_config = consistent.map(|ch| {
+        let min = ch
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.minimum_ring_size)
+            .or(ch.minimum_ring_size)
+            .unwrap_or(DEFAULT_MIN_RING_SIZE);
+        LbConfig::RingHashLbConfig(RingHashLbConfig {
+            minimum_ring_size: Some(UInt64Value { value: min }),
+            ..RingHashLbConfig::default()
+        })
+    });
     let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).map(u32_value);
     let thresholds = Thresholds {
         max_connections: positive(tcp.and_then(|t| t.max_connections)),
@@ -199,11 +221,18 @@ fn base(name: &str, policy: &EffectivePolicy<'_>) -> Cluster {
         .load_balancer
         .and_then(|lb| lb.locality_lb_setting.as_ref())
         .is_some_and(|l| !l.distribute.is_empty() && l.enabled != Some(false));
+    // As Istio: with outlier detection, panic starts below minHealthPercent
+    // (default 0: never), so ejections fail over instead of spreading load
+    // over ejected hosts.
+    let panic = policy
+        .outlier_detection
+        .map(|od| od.min_health_percent.unwrap_or(0).clamp(0, 100));
     Cluster {
         name: name.to_string(),
         alt_stat_name: name.to_string(),
         connect_timeout: Some(duration(connect)),
         lb_policy: lb as i32,
+        lb_config,
         circuit_breakers: (thresholds != Thresholds::default()).then(|| CircuitBreakers {
             thresholds: vec![thresholds],
             ..CircuitBreakers::default()
@@ -224,12 +253,17 @@ fn base(name: &str, policy: &EffectivePolicy<'_>) -> Cluster {
                 .max_ejection_percent
                 .and_then(|v| u32::try_from(v).ok())
                 .map(u32_value),
+            // Istio turns success-rate ejection off (Envoy's default is on).
+            enforcing_success_rate: Some(u32_value(0)),
             ..EnvoyOutlier::default()
         }),
-        common_lb_config: distribute.then(|| CommonLbConfig {
-            locality_config_specifier: Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
-                LocalityWeightedLbConfig {},
-            )),
+        common_lb_config: (distribute || panic.is_some()).then(|| CommonLbConfig {
+            locality_config_specifier: distribute.then_some(
+                LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {}),
+            ),
+            healthy_panic_threshold: panic.map(|p| Percent {
+                value: f64::from(p),
+            }),
             ..CommonLbConfig::default()
         }),
         ..Cluster::default()

@@ -14,7 +14,10 @@ use envoy_types::pb::envoy::config::route::v3::{
     query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action,
     route::Action,
-    route_action::{ClusterSpecifier, HostRewriteSpecifier, RequestMirrorPolicy},
+    route_action::{
+        ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy, hash_policy,
+        hash_policy::PolicySpecifier,
+    },
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
 };
@@ -34,7 +37,9 @@ use isthmus_api::networking::{
 };
 
 use super::clusters::PASSTHROUGH;
-use super::{PushContext, bool_value, cluster_name, duration, qualify, resource, u32_value};
+use super::{
+    EffectivePolicy, PushContext, bool_value, cluster_name, duration, qualify, resource, u32_value,
+};
 use crate::registry::Service;
 use crate::xds::{ProxyInfo, XdsResource};
 
@@ -76,7 +81,13 @@ pub fn route_config(pc: &PushContext, proxy: &ProxyInfo, port: u16) -> RouteConf
         }
         let routes = match virtual_service_for(pc, proxy, &svc.hostname) {
             Some(vs) => http_routes(pc, proxy, vs, port),
-            None => vec![default_route(cluster_name(port, None, &svc.hostname))],
+            None => {
+                let mut route = default_route(cluster_name(port, None, &svc.hostname));
+                if let Some(Action::Route(ra)) = &mut route.action {
+                    ra.hash_policy = hash_policy(pc, proxy, [(svc.hostname.as_str(), port, None)]);
+                }
+                vec![route]
+            }
         };
         virtual_hosts.push(VirtualHost {
             name: format!("{}:{port}", svc.hostname),
@@ -189,7 +200,7 @@ fn http_routes(pc: &PushContext, proxy: &ProxyInfo, vs: &VirtualService, port: u
                 .map(route_match)
                 .collect()
         };
-        let action = action(pc, hr, &ns, port);
+        let action = action(pc, proxy, hr, &ns, port);
         for m in matches {
             out.push(Route {
                 name: hr
@@ -302,8 +313,8 @@ fn route_match(m: &HttpMatchRequest) -> RouteMatch {
     }
 }
 
-/// The cluster a VirtualService destination refers to.
-fn destination_cluster(pc: &PushContext, d: &Destination, vs_ns: &str, port: u16) -> String {
+/// The host and service port a VirtualService destination refers to.
+fn destination_target(pc: &PushContext, d: &Destination, vs_ns: &str, port: u16) -> (String, u16) {
     let host = qualify(&d.host, vs_ns, &pc.mesh.cluster.domain);
     let svc_port = match d.port.map(|p| p.number) {
         Some(n) => u16::try_from(n).unwrap_or(port),
@@ -312,10 +323,60 @@ fn destination_cluster(pc: &PushContext, d: &Destination, vs_ns: &str, port: u16
             _ => port,
         },
     };
+    (host, svc_port)
+}
+
+/// The cluster a VirtualService destination refers to.
+fn destination_cluster(pc: &PushContext, d: &Destination, vs_ns: &str, port: u16) -> String {
+    let (host, svc_port) = destination_target(pc, d, vs_ns, port);
     cluster_name(svc_port, d.subset.as_deref(), &host)
 }
 
-fn action(pc: &PushContext, hr: &HttpRoute, ns: &str, port: u16) -> Action {
+/// Envoy `hash_policy` for a route, as Istio builds it: the consistent hash
+/// of the first destination (host, port, subset) whose DestinationRule has
+/// one. Empty when none does.
+fn hash_policy<'a>(
+    pc: &PushContext,
+    proxy: &ProxyInfo,
+    destinations: impl IntoIterator<Item = (&'a str, u16, Option<&'a str>)>,
+) -> Vec<HashPolicy> {
+    let consistent = destinations.into_iter().find_map(|(host, port, subset)| {
+        let svc = pc.registry.service(host)?;
+        let dr = pc.destination_rule(host, &proxy.namespace, &svc.namespace);
+        EffectivePolicy::resolve(dr, port, subset)
+            .load_balancer?
+            .consistent_hash
+            .as_ref()
+    });
+    let Some(ch) = consistent else {
+        return Vec::new();
+    };
+    let specifier = if let Some(name) = &ch.http_header_name {
+        PolicySpecifier::Header(hash_policy::Header {
+            header_name: name.to_ascii_lowercase(),
+            ..hash_policy::Header::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        PolicySpecifier::Cookie(hash_policy::Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.map(|t| duration(t.get())),
+            path: c.path.clone().unwrap_or_default(),
+            ..hash_policy::Cookie::default()
+        })
+    } else if ch.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties { source_ip: true })
+    } else if let Some(name) = &ch.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(hash_policy::QueryParameter { name: name.clone() })
+    } else {
+        return Vec::new();
+    };
+    vec![HashPolicy {
+        policy_specifier: Some(specifier),
+        ..HashPolicy::default()
+    }]
+}
+
+fn action(pc: &PushContext, proxy: &ProxyInfo, hr: &HttpRoute, ns: &str, port: u16) -> Action {
     if let Some(r) = &hr.redirect {
         let code = match r.redirect_code.unwrap_or(301) {
             302 => redirect_action::RedirectResponseCode::Found,
@@ -366,8 +427,22 @@ fn action(pc: &PushContext, hr: &HttpRoute, ns: &str, port: u16) -> Action {
         }),
     };
     let rewrite = hr.rewrite.as_ref();
+    let targets: Vec<(String, u16)> = hr
+        .route
+        .iter()
+        .map(|d| destination_target(pc, &d.destination, ns, port))
+        .collect();
+    let hash_policy = hash_policy(
+        pc,
+        proxy,
+        targets
+            .iter()
+            .zip(&hr.route)
+            .map(|((h, p), d)| (h.as_str(), *p, d.destination.subset.as_deref())),
+    );
     Action::Route(RouteAction {
         cluster_specifier: Some(specifier),
+        hash_policy,
         timeout: Some(duration(hr.timeout.map(|t| t.get()).unwrap_or_default())),
         retry_policy: match &hr.retries {
             Some(r) if r.attempts == 0 => None,

@@ -1,9 +1,10 @@
 //! Config checks, circuit breakers and the cluster-level settings.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    CommonLbConfig, EdsClusterConfig, LbConfig, LbPolicy, LeastRequestLbConfig, RoundRobinLbConfig,
-    SlowStartConfig,
+    CommonLbConfig, EdsClusterConfig, LbConfig, LbPolicy, LeastRequestLbConfig, RingHashLbConfig,
+    RoundRobinLbConfig, SlowStartConfig,
     common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig, ZoneAwareLbConfig},
+    ring_hash_lb_config::HashFunction,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, OutlierDetection, circuit_breakers::Thresholds,
@@ -17,10 +18,16 @@ use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::{
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::r#type::v3::Percent;
-use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 
 use super::*;
+
+fn ring(config: RingHashLbConfig) -> Cluster {
+    let mut c = eds(LbPolicy::RingHash);
+    c.lb_config = Some(LbConfig::RingHashLbConfig(config));
+    c
+}
 
 fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
@@ -71,7 +78,31 @@ fn bad_input_names_the_cluster_and_field() {
             )])),
             "ClusterLoadAssignment.endpoints[0].load_balancing_weight",
         ),
-        (eds(LbPolicy::RingHash), Some(one()), "lb_policy"),
+        (
+            ring(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: 0 }),
+                ..RingHashLbConfig::default()
+            }),
+            Some(one()),
+            "ring_hash_lb_config.minimum_ring_size",
+        ),
+        (
+            ring(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: 2048 }),
+                maximum_ring_size: Some(UInt64Value { value: 1024 }),
+                ..RingHashLbConfig::default()
+            }),
+            Some(one()),
+            "ring_hash_lb_config.maximum_ring_size",
+        ),
+        (
+            ring(RingHashLbConfig {
+                hash_function: HashFunction::MurmurHash2 as i32,
+                ..RingHashLbConfig::default()
+            }),
+            Some(one()),
+            "ring_hash_lb_config.hash_function",
+        ),
         (eds(LbPolicy::Maglev), Some(one()), "lb_policy"),
         (eds(LbPolicy::ClusterProvided), Some(one()), "lb_policy"),
         (
