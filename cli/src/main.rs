@@ -8,8 +8,10 @@
 mod ca;
 mod control_plane;
 mod dns;
+mod federation;
 mod gateway;
 mod iptables;
+mod link;
 mod lab;
 mod sidecar;
 mod validate;
@@ -47,6 +49,12 @@ enum Command {
     ControlPlane(Box<control_plane::ControlPlaneArgs>),
     /// Run the cross-cluster DNS server (.global, clusterset.local names).
     Dns(Box<dns::DnsArgs>),
+    /// Run this cluster's federation controller (catalog exchange with peers over mTLS).
+    Federation(Box<federation::FederationArgs>),
+    /// Link two clusters: writes each one's peer entry into the other's MeshFederation.
+    Link(link::LinkArgs),
+    /// Show federation peers (ALIVE/DOWN, probe latency, imported/exported, last error).
+    Status(link::StatusArgs),
     /// A whole federation on this machine: up, status, logs, curl, load, demo, down.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -109,6 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { paths, json } => validate::run(&paths, json, &mut out),
         Command::ControlPlane(args) => control_plane::run(*args),
         Command::Dns(args) => dns::run(*args),
+        Command::Federation(args) => federation::run(*args),
+        Command::Link(args) => link::link(&args, &mut out),
+        Command::Status(args) => link::status(&args, &mut out),
         Command::Sidecar(args) => sidecar::run(*args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Canary(args) => lab::canary(args),

@@ -120,7 +120,14 @@ impl AdminState {
                     .last_sync
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs()),
-                last_error: p.last_error.clone(),
+                // A dead gateway is the reason when the stream is fine.
+                last_error: p.last_error.clone().or_else(|| {
+                    p.gateways
+                        .iter()
+                        .filter(|g| !g.healthy)
+                        .find_map(|g| g.last_error.clone())
+                        .map(|e| format!("gateway probe: {e}"))
+                }),
                 name: p.name,
             })
             .collect();
