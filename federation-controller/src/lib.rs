@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod catalog;
+mod controller;
 pub mod import;
 pub mod mesh;
 pub mod metrics;

@@ -13,44 +13,40 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use isthmus_config::dir::DirectorySource;
 use isthmus_config::{ConfigSource, Store};
-use isthmus_control_plane::registry::ClusterContext;
 use isthmus_identity::ClusterCa;
 use isthmus_proto::federation as proto;
 use isthmus_proto::federation::federation_server::FederationServer;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::catalog::{self, LabelAllowList};
+use crate::catalog::LabelAllowList;
+use crate::controller::{Controller, import_loop, incarnation};
 use crate::import::Importer;
 use crate::mesh::Federation;
 use crate::metrics::Metrics;
 use crate::peer::{PeerContext, Peers, Timings};
 use crate::server::FederationService;
+use crate::server::accept_tls;
 use crate::state::State;
 use crate::tls::Tls;
+use crate::tls::reload::{ca_reload_loop, renew_loop, trust_bundle_loop};
 
 /// Default port of the federation API.
 pub const DEFAULT_PORT: u16 = 15021;
 /// Default port of the admin server.
 pub const DEFAULT_ADMIN_PORT: u16 = 15022;
-/// How long a TLS handshake on the federation port may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`start`] waits for the config directory's first load.
 const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -361,255 +357,4 @@ async fn wait_synced(store: &Store) -> Result<(), String> {
     tokio::time::timeout(FIRST_LOAD_TIMEOUT, wait)
         .await
         .unwrap_or_else(|_| Err(format!("first load took over {FIRST_LOAD_TIMEOUT:?}")))
-}
-
-fn incarnation() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Accepts TCP, runs each TLS handshake in its own task (a slow client cannot stall
-/// others), and yields the established streams to tonic.
-fn accept_tls(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-    shutdown: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, from) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        tracing::debug!(%error, "federation accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let config = match tls.server_config() {
-                Ok(c) => Arc::new(c),
-                Err(error) => {
-                    tracing::error!(%error, "federation TLS configuration");
-                    continue;
-                }
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
-                    .await
-                {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::info!(%from, %error, "refused a federation TLS handshake")
-                    }
-                    Err(_) => tracing::debug!(%from, "federation TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// Store → MeshFederation, peer tasks, and the exported catalog.
-struct Controller {
-    cluster: String,
-    domain: String,
-    labels: LabelAllowList,
-    store: Store,
-    tls: Arc<Tls>,
-    catalog: watch::Sender<Arc<proto::Catalog>>,
-    federation: watch::Sender<Option<Arc<Federation>>>,
-    metrics: Metrics,
-    roots_changed: watch::Sender<u64>,
-}
-
-impl Controller {
-    async fn run(self, mut peers: Peers, shutdown: CancellationToken) {
-        let mut sub = self.store.subscribe();
-        let mut roots = self.roots_changed.subscribe();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                update = sub.next() => if update.is_none() { return },
-                // The local CA was reloaded: announce its roots.
-                changed = roots.changed() => if changed.is_err() { return },
-            }
-            let snapshot = self.store.snapshot();
-            let federation = match Federation::from_snapshot(&snapshot, &self.cluster) {
-                Ok(f) => f,
-                Err(error) => {
-                    tracing::error!(%error, "MeshFederation; keeping the previous one");
-                    continue;
-                }
-            };
-            if *self.federation.borrow() != federation {
-                peers.reconcile(
-                    &federation
-                        .as_ref()
-                        .map(|f| f.peers.clone())
-                        .unwrap_or_default(),
-                );
-                self.federation.send_replace(federation.clone());
-            }
-            let ctx = ClusterContext {
-                cluster: self.cluster.clone(),
-                network: federation
-                    .as_ref()
-                    .map(|f| f.local.network.clone())
-                    .unwrap_or_default(),
-                domain: self.domain.clone(),
-            };
-            let services = catalog::exported_services(&snapshot, &ctx, &self.labels);
-            let bundle = self.tls.local_roots().root_pems();
-            self.metrics
-                .exported
-                .set(i64::try_from(services.len()).unwrap_or(i64::MAX));
-            self.catalog.send_if_modified(|current| {
-                if current.services == services && current.trust_bundle == bundle {
-                    return false;
-                }
-                let next = proto::Catalog {
-                    version: current.version + 1,
-                    changed_at_unix_ms: unix_ms(),
-                    services: services.clone(),
-                    trust_bundle: bundle.clone(),
-                    trust_domain: self.tls.trust_domain(),
-                    ..(**current).clone()
-                };
-                tracing::info!(
-                    version = next.version,
-                    exported = next.services.len(),
-                    "exported catalog changed"
-                );
-                *current = Arc::new(next);
-                true
-            });
-        }
-    }
-}
-
-/// Peer state or MeshFederation changes → ServiceEntries; a tick catches staleness expiry
-/// and retries failed writes.
-async fn import_loop(
-    mut importer: Importer,
-    mut federation: watch::Receiver<Option<Arc<Federation>>>,
-    mut peers: watch::Receiver<u64>,
-    timings: Timings,
-    shutdown: CancellationToken,
-) {
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(
-        (timings.staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            changed = peers.changed() => if changed.is_err() { return },
-            changed = federation.changed() => if changed.is_err() { return },
-        }
-        let current = federation.borrow_and_update().clone();
-        peers.borrow_and_update();
-        importer
-            .sync(current.as_deref(), started, Instant::now())
-            .await;
-    }
-}
-
-async fn renew_loop(tls: Arc<Tls>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(tls.renew_every()) => {}
-        }
-        if let Err(error) = tls.renew() {
-            tracing::error!(%error, "renewing the federation certificate");
-        }
-    }
-}
-
-/// Reloads the `cacerts` directory when a file in it changes (root rotation steps).
-async fn ca_reload_loop(
-    dir: PathBuf,
-    every: Duration,
-    tls: Arc<Tls>,
-    roots_changed: watch::Sender<u64>,
-    shutdown: CancellationToken,
-) {
-    let mut seen = fingerprint(&dir);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let now = fingerprint(&dir);
-        if now == seen {
-            continue;
-        }
-        match ClusterCa::load(&dir) {
-            Ok(ca) => match tls.replace_ca(Arc::new(ca)) {
-                Ok(()) => {
-                    seen = now;
-                    tracing::info!(dir = %dir.display(), roots = tls.local_roots().len(), "reloaded the cluster CA");
-                    roots_changed.send_modify(|v| *v += 1);
-                }
-                Err(error) => tracing::error!(%error, "issuing from the reloaded cluster CA"),
-            },
-            // Files mid-rewrite: try again next time.
-            Err(error) => tracing::warn!(%error, "reloading the cluster CA"),
-        }
-    }
-}
-
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((e.path(), meta.modified().ok(), meta.len()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Writes every trusted root to `path` whenever the set changes.
-async fn trust_bundle_loop(
-    path: PathBuf,
-    tls: Arc<Tls>,
-    mut roots: watch::Receiver<u64>,
-    shutdown: CancellationToken,
-) {
-    let mut last = String::new();
-    loop {
-        let pem = tls.all_roots().to_pem();
-        if pem != last {
-            let tmp = path.with_extension("tmp");
-            let result = std::fs::write(&tmp, &pem).and_then(|()| std::fs::rename(&tmp, &path));
-            match result {
-                Ok(()) => last = pem,
-                Err(error) => {
-                    tracing::error!(path = %path.display(), %error, "writing the trust bundle")
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = roots.changed() => if changed.is_err() { return },
-        }
-    }
 }

@@ -6,6 +6,9 @@
 //! the trust domain declared for the peer it says it is, and that peer must
 //! be in the current MeshFederation. A peer unlinked while streaming is cut
 //! off.
+//!
+//! [`accept_tls`] feeds tonic: each TLS handshake runs in its own task, so a
+//! slow or hostile client cannot stall the others.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,14 +18,20 @@ use futures::Stream;
 use isthmus_identity::peer_identity;
 use isthmus_proto::federation as proto;
 use isthmus_proto::federation::federation_server::Federation as FederationApi;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::mesh::Federation;
 use crate::metrics::Metrics;
-use crate::tls::federation_id;
+use crate::tls::{Tls, federation_id};
+
+/// How long a TLS handshake on the federation port may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `isthmus.federation.v1.Federation` service.
 #[derive(Debug, Clone)]
@@ -134,4 +143,52 @@ impl FederationApi for FederationService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Accepts TCP, runs each TLS handshake in its own task (a slow client cannot stall
+/// others), and yields the established streams to tonic.
+pub(crate) fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, from) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        tracing::debug!(%error, "federation accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let config = match tls.server_config() {
+                Ok(c) => Arc::new(c),
+                Err(error) => {
+                    tracing::error!(%error, "federation TLS configuration");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%from, %error, "refused a federation TLS handshake")
+                    }
+                    Err(_) => tracing::debug!(%from, "federation TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }

@@ -25,6 +25,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+pub(crate) mod reload;
+
 /// Namespace of the controller's identity.
 pub const NAMESPACE: &str = "isthmus-system";
 /// Service account of the controller's identity.
