@@ -322,6 +322,7 @@ pub async fn start_with(
         let mut builder = Builder::new(app_ip);
         let mut bound = Bound::default();
         let drain_task = tokio::spawn(drain.clone().run(grace));
+        let (mut config_open, mut creds_open) = (true, true);
         loop {
             let config = config_rx.borrow_and_update().clone();
             let creds = creds_rx.borrow_and_update().clone();
@@ -339,10 +340,12 @@ pub async fn start_with(
             }
             let is_ready = xds.is_ready() && creds.is_some();
             ready_tx.send_if_modified(|r| std::mem::replace(r, is_ready) != is_ready);
+            // A source that ended (shutdown) keeps its last value; only the
+            // drain ends this loop.
             tokio::select! {
                 () = drain.token.cancelled() => break,
-                r = config_rx.changed() => if r.is_err() { break },
-                r = creds_rx.changed() => if r.is_err() { break },
+                r = config_rx.changed(), if config_open => config_open = r.is_ok(),
+                r = creds_rx.changed(), if creds_open => creds_open = r.is_ok(),
             }
         }
         let _ = drain_task.await;

@@ -224,6 +224,9 @@ impl CertManager {
                         );
                         tx.send_replace(Some(Arc::new(creds)));
                         if matches!(source, CertSource::Static { .. }) {
+                            // Nothing to renew; the sender lives on so the
+                            // watchers do not see the source as gone.
+                            shutdown.cancelled().await;
                             return;
                         }
                         wait.max(Duration::from_secs(1))

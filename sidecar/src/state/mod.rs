@@ -155,6 +155,13 @@ pub struct Builder {
     >,
     /// Local application address override for inbound clusters (explicit mode).
     app_ip: Option<IpAddr>,
+    /// The inputs of the previous build: a cluster whose inputs did not
+    /// change keeps its state untouched (no balancer rebuild, same pool).
+    previous: Option<(Arc<ProxyConfig>, Option<Arc<Credentials>>)>,
+    /// Mesh TLS client configs by (SNI, expected SPIFFE IDs), valid for the
+    /// previous build's certificate and roots: one config (and so one pool,
+    /// with its connections and TLS sessions) survives config pushes.
+    tls: HashMap<(String, Vec<SpiffeId>), MeshTls>,
 }
 
 impl Builder {
@@ -170,6 +177,18 @@ impl Builder {
     pub fn build(&mut self, config: Arc<ProxyConfig>, creds: Option<Arc<Credentials>>) -> Snapshot {
         let mut errors = Vec::new();
         let roots = trust_bundle(&config, creds.as_deref(), &mut errors);
+        let previous = self.previous.take();
+        let same_identity = previous.as_ref().is_some_and(|(c, cr)| {
+            c.secrets.get(ROOT_CA) == config.secrets.get(ROOT_CA)
+                && match (cr, &creds) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if !same_identity {
+            self.tls.clear();
+        }
 
         // Routes: reuse the compiled table when the configuration is unchanged.
         let mut routes = HashMap::new();
@@ -199,6 +218,14 @@ impl Builder {
         // Clusters.
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
+            if same_identity
+                && let (Some((old, _)), Some(state)) = (&previous, self.clusters.get(name))
+                && old.clusters.get(name) == Some(c)
+                && old.endpoints.get(eds_name(c)) == config.endpoints.get(eds_name(c))
+            {
+                clusters.insert(name.clone(), state.clone());
+                continue;
+            }
             match self.cluster(c, &config, creds.as_deref(), roots.as_ref()) {
                 Ok(Some(state)) => {
                     clusters.insert(name.clone(), state);
@@ -246,6 +273,7 @@ impl Builder {
         for e in &errors {
             tracing::warn!(error = %e, "resource skipped");
         }
+        self.previous = Some((config.clone(), creds.clone()));
         Snapshot {
             config,
             routes,
@@ -276,12 +304,7 @@ impl Builder {
             }
             _ => ClusterKind::Endpoints,
         };
-        let eds_name = c
-            .eds_cluster_config
-            .as_ref()
-            .map(|e| e.service_name.as_str())
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&c.name);
+        let eds_name = eds_name(c);
         // STATIC / STRICT_DNS clusters carry their endpoints inline; EDS
         // clusters take them from the EDS resource.
         let mut inline = None;
@@ -307,7 +330,11 @@ impl Builder {
         let tls = match tls {
             None => None,
             Some((sni, sans)) => match (creds, roots) {
+                (Some(_), Some(_)) if self.tls.contains_key(&(sni.clone(), sans.clone())) => {
+                    self.tls.get(&(sni, sans)).cloned()
+                }
                 (Some(creds), Some(roots)) => {
+                    let key = (sni.clone(), sans.clone());
                     let mut h2 = isthmus_identity::tls::client_config(&creds.cert, roots, sans)
                         .map_err(|e| format!("transport_socket: {e}"))?;
                     let mut http1 = h2.clone();
@@ -315,11 +342,13 @@ impl Builder {
                     http1.alpn_protocols = vec![b"http/1.1".to_vec()];
                     let sni = ServerName::try_from(sni.clone())
                         .map_err(|e| format!("transport_socket.sni {sni:?}: {e}"))?;
-                    Some(MeshTls {
+                    let tls = MeshTls {
                         h2: Arc::new(h2),
                         http1: Arc::new(http1),
                         sni,
-                    })
+                    };
+                    self.tls.insert(key, tls.clone());
+                    Some(tls)
                 }
                 // Without a certificate yet the cluster cannot connect; it
                 // appears with the first certificate (readiness waits for it).
@@ -355,6 +384,15 @@ impl Builder {
             }))),
         }
     }
+}
+
+/// The name of a cluster's EDS resource.
+fn eds_name(c: &Cluster) -> &str {
+    c.eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.as_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&c.name)
 }
 
 /// Replaces every endpoint IP (inbound clusters point at `127.0.0.1`; in

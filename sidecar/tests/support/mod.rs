@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod grpc;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,8 @@ pub struct Mesh {
     pub config: PathBuf,
     pub xds: SocketAddr,
     pub debug: SocketAddr,
+    /// `cacerts` directory of the control plane's CA (None: a dev CA).
+    ca_dir: Option<PathBuf>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -52,6 +55,11 @@ pub struct Mesh {
 impl Mesh {
     /// Starts a control plane for cluster `east` on 127.0.<net>.1 with `yaml` as config.
     pub async fn start(net: u8, yaml: &str) -> Self {
+        Self::start_with_ca(net, yaml, None).await
+    }
+
+    /// As [`start`](Self::start), its CA loaded from a `cacerts` directory.
+    pub async fn start_with_ca(net: u8, yaml: &str, ca_dir: Option<PathBuf>) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
@@ -77,6 +85,7 @@ impl Mesh {
             config,
             xds: SocketAddr::from(([127, 0, 0, 1], 0)),
             debug: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ca_dir,
             shutdown: CancellationToken::new(),
             task: None,
         };
@@ -92,7 +101,7 @@ impl Mesh {
             network: "net-east".into(),
             domain: "cluster.local".into(),
             source: Source::Directory(self.config.clone()),
-            ca_dir: None,
+            ca_dir: self.ca_dir.clone(),
             ca_secret: None,
             trust_domain: "east.isthmus.local".into(),
             bootstrap_tokens: Some(self.dir.path().join("tokens.yaml")),
@@ -629,5 +638,86 @@ impl World {
             app_v1,
             app_v2,
         }
+    }
+}
+
+/// Steady load on one host through a sidecar: `workers` keep-alive clients
+/// each sending GETs back to back, every answer checked; bounded by
+/// `max_requests` per worker (and stopped by [`Load::stop`]).
+pub struct Load {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<LoadReport>>,
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    /// The first few failures, as text.
+    pub failures: Vec<String>,
+    pub failed: u64,
+}
+
+impl Load {
+    pub fn start(via: SocketAddr, host: &str, workers: usize, max_requests: u64) -> Load {
+        let stop = CancellationToken::new();
+        let tasks = (0..workers)
+            .map(|w| {
+                let stop = stop.clone();
+                let host = host.to_string();
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut report = LoadReport::default();
+                    for i in 0..max_requests {
+                        if stop.is_cancelled() {
+                            break;
+                        }
+                        let req = Request::get(format!("http://{via}/load/{w}/{i}"))
+                            .header("host", &host)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        let outcome = match tokio::time::timeout(WAIT, c.request(req)).await {
+                            Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
+                                match resp.into_body().collect().await {
+                                    Ok(_) => Ok(()),
+                                    Err(e) => Err(format!("body: {e}")),
+                                }
+                            }
+                            Ok(Ok(resp)) => Err(format!(
+                                "status {} flags {:?}",
+                                resp.status(),
+                                resp.headers().get("x-isthmus-response-flags")
+                            )),
+                            Ok(Err(e)) => Err(format!("request: {e:?}")),
+                            Err(_) => Err("timeout".into()),
+                        };
+                        match outcome {
+                            Ok(()) => report.ok += 1,
+                            Err(e) => {
+                                report.failed += 1;
+                                if report.failures.len() < 5 {
+                                    report.failures.push(e);
+                                }
+                            }
+                        }
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops every worker and sums what they saw.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.cancel();
+        let mut total = LoadReport::default();
+        for t in self.tasks {
+            let r = t.await.unwrap();
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.failures.extend(r.failures);
+        }
+        total
     }
 }
