@@ -79,6 +79,23 @@ pub fn yaml(svc: &str, ns: &str, clusters: &[ClusterPlan], policy: &Policy) -> S
             n = c.name
         );
     }
+    // The same subsets for the cluster-local name: a peer's gateway routes
+    // `outbound_.<port>_.<subset>_.<host>` by the subsets of its own service.
+    let _ = write!(
+        out,
+        "---\n\
+         apiVersion: networking.istio.io/v1\n\
+         kind: DestinationRule\n\
+         metadata: {{name: {svc}-subsets, namespace: {ns}}}\n\
+         spec:\n  host: {svc}.{ns}.svc.cluster.local\n  subsets:\n"
+    );
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "  - {{name: {n}, labels: {{topology.istio.io/cluster: {n}}}}}",
+            n = c.name
+        );
+    }
     let _ = write!(
         out,
         "---\n\

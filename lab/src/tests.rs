@@ -46,7 +46,7 @@ fn generated_config_is_valid_and_complete() {
         },
     ] {
         let text = yaml("helloworld", "sample", &plan, &policy);
-        assert_eq!(valid(&text, "policy"), 2, "{text}");
+        assert_eq!(valid(&text, "policy"), 3, "{text}");
     }
 }
 
