@@ -15,11 +15,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use isthmus_proxy_core::admin::{self, AdminServer};
 use isthmus_proxy_core::xds::{NodeInfo, PlaintextConnector, XdsClient, XdsOptions};
 use prometheus_client::registry::Registry;
@@ -98,53 +97,69 @@ pub enum RunError {
     Admin(#[source] std::io::Error),
 }
 
-/// The drain signal every listener watches.
+/// The drain signal every listener and connection watches.
+///
+/// `token` stops a listener's accept loop (the drain started, or explicit
+/// mode removed the listener); `draining` asks every HTTP connection to
+/// finish its in-flight requests and close (HTTP/2 GOAWAY, HTTP/1.1
+/// `Connection: close`); `force` ends whatever is left when the grace
+/// period is over. Connection tasks run on `tracker`.
 #[derive(Clone, Debug)]
 pub struct Drain {
-    /// Cancelled when the drain starts: stop accepting.
+    /// Cancelled when this listener must stop accepting.
     pub token: CancellationToken,
+    /// Cancelled when the drain starts.
+    pub draining: CancellationToken,
+    force: CancellationToken,
     /// Connection tasks.
     pub tracker: TaskTracker,
-    graceful: Arc<Mutex<Option<GracefulShutdown>>>,
 }
 
 impl Drain {
     fn new(token: CancellationToken) -> Self {
         Self {
+            draining: token.clone(),
             token,
+            force: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            graceful: Arc::new(Mutex::new(Some(GracefulShutdown::new()))),
         }
     }
 
-    /// A watcher for one HTTP connection (`None` once the drain started).
-    pub fn watcher(&self) -> Option<Watcher> {
-        self.graceful
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(GracefulShutdown::watcher)
+    /// The drain of one listener that may also be stopped on its own.
+    fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            ..self.clone()
+        }
+    }
+
+    /// Runs one connection's task until it ends or the grace period is over.
+    pub(crate) fn spawn<F>(&self, connection: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let force = self.force.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = connection => {}
+                () = force.cancelled() => {}
+            }
+        });
     }
 
     async fn run(self, grace: Duration) {
-        self.token.cancelled().await;
-        let graceful = self
-            .graceful
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.draining.cancelled().await;
         self.tracker.close();
-        let finish = async {
-            if let Some(g) = graceful {
-                g.shutdown().await;
-            }
-            self.tracker.wait().await;
-        };
-        if tokio::time::timeout(grace, finish).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 ?grace,
                 "drain grace period over; closing remaining connections"
             );
+            self.force.cancel();
+            self.tracker.wait().await;
         } else {
             tracing::info!("drained");
         }
@@ -413,12 +428,8 @@ impl Bound {
                     continue;
                 }
             };
-            let token = drain.token.child_token();
-            let d = Drain {
-                token: token.clone(),
-                tracker: drain.tracker.clone(),
-                graceful: drain.graceful.clone(),
-            };
+            let d = drain.child();
+            let token = d.token.clone();
             if inbound {
                 tokio::spawn(crate::inbound::serve_explicit(proxy.clone(), l, port, d));
             } else {

@@ -13,6 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use isthmus_proxy_core::balance::{Outcome, PickContext};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use super::authz::{Decision, HttpAttributes, RequestAttributes, normalize_host, normalize_path};
 use crate::body::{self, Body};
@@ -33,8 +34,8 @@ pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener, port: u16,
     let d = drain.clone();
     accept_loop(listener, drain, move |stream, peer| {
         let proxy = proxy.clone();
-        let watcher = d.watcher();
-        async move { connection(proxy, stream, peer, port, watcher).await }
+        let draining = d.draining.clone();
+        async move { connection(proxy, stream, peer, port, draining).await }
     })
     .await;
 }
@@ -44,10 +45,10 @@ pub async fn serve_transparent(proxy: Arc<Proxy>, listener: TcpListener, drain: 
     let d = drain.clone();
     accept_loop(listener, drain, move |stream, peer| {
         let proxy = proxy.clone();
-        let watcher = d.watcher();
+        let draining = d.draining.clone();
         async move {
             match crate::capture::original_destination(&stream) {
-                Ok(dst) => connection(proxy, stream, peer, dst.port(), watcher).await,
+                Ok(dst) => connection(proxy, stream, peer, dst.port(), draining).await,
                 Err(e) => tracing::warn!(%peer, error = %e, "inbound: no original destination"),
             }
         }
@@ -69,7 +70,7 @@ async fn connection(
     stream: TcpStream,
     addr: SocketAddr,
     port: u16,
-    watcher: Option<hyper_util::server::graceful::Watcher>,
+    draining: CancellationToken,
 ) {
     let snapshot = proxy.snapshot();
     let Some(cfg) = snapshot.inbound.get(&port).cloned() else {
@@ -116,7 +117,7 @@ async fn connection(
             principal,
             sni,
         };
-        dispatch(proxy, snapshot, cfg, tls, peer, limits, watcher).await;
+        dispatch(proxy, snapshot, cfg, tls, peer, limits, draining).await;
     } else {
         if !cfg.plaintext {
             tracing::debug!(%addr, port, "inbound: plaintext refused (STRICT mTLS)");
@@ -128,7 +129,7 @@ async fn connection(
             principal: None,
             sni: None,
         };
-        dispatch(proxy, snapshot, cfg, stream, peer, limits, watcher).await;
+        dispatch(proxy, snapshot, cfg, stream, peer, limits, draining).await;
     }
 }
 
@@ -139,13 +140,13 @@ async fn dispatch<I>(
     io: I,
     peer: Peer,
     limits: server::Limits,
-    watcher: Option<hyper_util::server::graceful::Watcher>,
+    draining: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match cfg.protocol {
         InboundProtocol::Http => {
-            server::serve(io, limits, watcher, move |req| {
+            server::serve(io, limits, draining, move |req| {
                 request(proxy.clone(), cfg.clone(), peer.clone(), req)
             })
             .await;

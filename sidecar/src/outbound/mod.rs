@@ -84,7 +84,7 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                drain.tracker.spawn(serve(stream, peer));
+                drain.spawn(serve(stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -100,12 +100,12 @@ pub async fn serve_explicit_http(proxy: Arc<Proxy>, listener: TcpListener, drain
     let d = drain.clone();
     accept_loop(listener, drain, move |stream, peer| {
         let proxy = proxy.clone();
-        let watcher = d.watcher();
+        let draining = d.draining.clone();
         let limits = proxy.limits;
         proxy.metrics.active_connections.inc();
         async move {
             let p = proxy.clone();
-            server::serve(stream, limits, watcher, move |req| {
+            server::serve(stream, limits, draining, move |req| {
                 http::handle(p.clone(), req, 80, peer, None)
             })
             .await;
@@ -139,7 +139,7 @@ pub async fn serve_transparent(proxy: Arc<Proxy>, listener: TcpListener, drain: 
     let d = drain.clone();
     accept_loop(listener, drain, move |stream, peer| {
         let proxy = proxy.clone();
-        let watcher = d.watcher();
+        let draining = d.draining.clone();
         async move {
             let dst = match crate::capture::original_destination(&stream) {
                 Ok(d) => d,
@@ -152,7 +152,7 @@ pub async fn serve_transparent(proxy: Arc<Proxy>, listener: TcpListener, drain: 
             if snapshot.http_ports.contains_key(&dst.port()) {
                 let p = proxy.clone();
                 let limits = p.limits;
-                server::serve(stream, limits, watcher, move |req| {
+                server::serve(stream, limits, draining, move |req| {
                     http::handle(p.clone(), req, dst.port(), peer, Some(dst))
                 })
                 .await;

@@ -162,6 +162,8 @@ pub struct Builder {
     /// previous build's certificate and roots: one config (and so one pool,
     /// with its connections and TLS sessions) survives config pushes.
     tls: HashMap<(String, Vec<SpiffeId>), MeshTls>,
+    /// The last inbound ports that compiled.
+    inbound: BTreeMap<u16, Arc<InboundPort>>,
 }
 
 impl Builder {
@@ -249,7 +251,11 @@ impl Builder {
             if name == "virtualInbound" {
                 match inbound::compile(l) {
                     Ok(ports) => inbound = ports,
-                    Err(e) => errors.push(format!("Listener {name}: {e}")),
+                    // The last good inbound config stays (its listeners too).
+                    Err(e) => {
+                        errors.push(format!("Listener {name}: {e}"));
+                        inbound = self.inbound.clone();
+                    }
                 }
             } else if let Err(e) = outbound_listener(l, &mut http_ports, &mut tcp_routes) {
                 errors.push(format!("Listener {name}: {e}"));
@@ -274,6 +280,7 @@ impl Builder {
             tracing::warn!(error = %e, "resource skipped");
         }
         self.previous = Some((config.clone(), creds.clone()));
+        self.inbound = inbound.clone();
         Snapshot {
             config,
             routes,
