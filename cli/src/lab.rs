@@ -103,8 +103,8 @@ pub(crate) enum LabCommand {
     App {
         #[arg(long)]
         service: String,
-        #[arg(long = "app-version")]
-        version: String,
+        #[arg(long)]
+        app_version: String,
         #[arg(long)]
         cluster: String,
         #[arg(long)]
@@ -260,7 +260,7 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         }
         LabCommand::App {
             service,
-            version,
+            app_version: version,
             cluster,
             listen,
         } => {
