@@ -62,7 +62,7 @@ pub fn yaml(svc: &str, ns: &str, clusters: &[ClusterPlan], policy: &Policy) -> S
          kind: DestinationRule\n\
          metadata: {{name: {svc}-global, namespace: {ns}}}\n\
          spec:\n  host: {host}\n  trafficPolicy:\n    \
-         outlierDetection: {{consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}}\n"
+         outlierDetection: {{consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}}\n"
     );
     if let Some((from, to)) = &policy.distribute {
         let _ = write!(

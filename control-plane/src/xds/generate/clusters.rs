@@ -209,7 +209,13 @@ fn base(name: &str, policy: &EffectivePolicy<'_>) -> Cluster {
             ..RingHashLbConfig::default()
         })
     });
-    let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).map(u32_value);
+    // Unset limits are unlimited, as in Istio (Envoy's own defaults, e.g. 3
+    // concurrent retries per cluster, would fail requests under failover).
+    let positive = |v: Option<i32>| {
+        Some(u32_value(
+            v.and_then(|v| u32::try_from(v).ok()).unwrap_or(u32::MAX),
+        ))
+    };
     let thresholds = Thresholds {
         max_connections: positive(tcp.and_then(|t| t.max_connections)),
         max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
