@@ -257,11 +257,11 @@ pub async fn failover(
         Mode::Kill | Mode::Partition => ("stop", "start"),
         Mode::Blackhole => ("pause", "resume"),
     };
-    // Load for 2 s healthy, take away, 4 s, restore, 6 s.
+    // Load for 2 s healthy, take away, 4 s, restore, 8 s to see the failback.
     let (t_take, t_restore, total) = (
         Duration::from_secs(2),
         Duration::from_secs(6),
-        Duration::from_secs(12),
+        Duration::from_secs(14),
     );
     let control = state.control.clone();
     let victims2 = victims.clone();
@@ -280,7 +280,7 @@ pub async fn failover(
         anyhow::Ok((at_take, at_restore))
     });
     log(&format!(
-        "load {rps} rps from {from_id}; {take} {} at 2 s, {restore} at 6 s",
+        "load {rps} rps for 14 s from {from_id}; {take} {} at 2 s, {restore} at 6 s",
         victims.join(", ")
     ));
     let report = load_while(from, &url, rps, total, Duration::from_secs(3), |_| {}).await;
