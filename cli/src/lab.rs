@@ -394,17 +394,24 @@ fn demo(dir: &Path, net_base: u8, out: &mut std::io::Stdout) -> anyhow::Result<E
     rt.block_on(lab::up(&spec, &up_options(Duration::from_secs(90))?, out))?;
     let result = (|| -> anyhow::Result<()> {
         let spec: LabSpec = serde_json::from_str(&std::fs::read_to_string(dir.join("spec.json"))?)?;
-        let west = spec.plan()[1].clone();
+        let east = spec.plan()[0].clone();
         writeln!(
             out,
-            "\n== 2/5 a cross-cluster call: west/sleep → helloworld.sample.global (east's v1 is preferred by nobody in west; west has v2)"
+            "\n== 2/5 a cross-cluster call: everything to west (canary east=0,west=100), then \
+             east/sleep → helloworld.sample.global through both gateways, mTLS end to end"
         )?;
+        rt.block_on(drill::canary(
+            dir,
+            "helloworld.sample",
+            "east=0,west=100",
+            100,
+        ))?;
         let c = isthmus_lab::client::http_client();
         let url = "http://helloworld.sample.global:5000/";
         let r = rt
             .block_on(isthmus_lab::client::send(
                 &c,
-                west.sleep().outbound,
+                east.sleep().outbound,
                 url,
                 Duration::from_secs(10),
             ))
