@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use isthmus_control_plane::run::{DEFAULT_DEBUG_PORT, DEFAULT_XDS_PORT, Options, Source, start};
+use isthmus_control_plane::inject::{Template, TlsFiles};
+use isthmus_control_plane::run::{
+    DEFAULT_DEBUG_PORT, DEFAULT_XDS_PORT, InjectOptions, Options, Source, start_with,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `isthmus control-plane`.
@@ -58,6 +61,27 @@ pub(crate) struct ControlPlaneArgs {
     /// How long streams get to finish on SIGTERM.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_grace: Duration,
+    /// Serve the sidecar-injection webhook (HTTPS, `POST /inject`) here, e.g. 0.0.0.0:15017.
+    #[arg(long, requires_all = ["inject_cert", "inject_key"])]
+    inject_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the webhook (re-read when it changes).
+    #[arg(long)]
+    inject_cert: Option<PathBuf>,
+    /// PEM private key of the webhook.
+    #[arg(long)]
+    inject_key: Option<PathBuf>,
+    /// Image of the injected sidecar and init containers.
+    #[arg(long, default_value = "isthmus:dev")]
+    inject_image: String,
+    /// imagePullPolicy of the injected containers.
+    #[arg(long, default_value = "IfNotPresent")]
+    inject_image_pull_policy: String,
+    /// The xDS/CA address injected sidecars dial.
+    #[arg(long, default_value = "isthmus-control-plane.isthmus-system.svc:15010")]
+    inject_control_plane: String,
+    /// Locality `region/zone` given to injected sidecars (the node is unknown at admission).
+    #[arg(long, default_value = "")]
+    inject_locality: String,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -88,15 +112,33 @@ pub(crate) fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         debug_listen: args.debug_listen,
         drain_grace: args.drain_grace,
     };
+    let inject = match (args.inject_listen, args.inject_cert, args.inject_key) {
+        (Some(listen), Some(cert), Some(key)) => Some(InjectOptions {
+            listen,
+            tls: TlsFiles { cert, key },
+            template: Template {
+                image: args.inject_image,
+                image_pull_policy: args.inject_image_pull_policy,
+                control_plane: args.inject_control_plane,
+                locality: args.inject_locality,
+                ..Template::default()
+            },
+        }),
+        (None, _, _) => None,
+        _ => bail!("--inject-listen needs --inject-cert and --inject-key"),
+    };
     let grace = options.drain_grace;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let (bound, run) = start(options, shutdown.clone()).await?;
+        let (bound, run) = start_with(options, inject, shutdown.clone()).await?;
         eprintln!(
             "control plane: xDS on {}, debug on {}",
             bound.xds, bound.debug
         );
+        if let Some(addr) = bound.inject {
+            eprintln!("control plane: injection webhook on https://{addr}/inject");
+        }
         let mut server = tokio::spawn(run);
         tokio::select! {
             r = &mut server => return r?.map(|()| ExitCode::SUCCESS).map_err(Into::into),

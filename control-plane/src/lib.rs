@@ -3,12 +3,14 @@
 //! Data flows one way: the `isthmus-config` [`Store`](isthmus_config::Store)
 //! → [`registry`] (services and endpoints) → per-proxy xDS generation
 //! ([`xds`]) → the ADS server → sidecars, gateways and the DNS server. The
-//! cluster CA ([`ca`]) signs workload certificates.
+//! cluster CA ([`ca`]) signs workload certificates. In Kubernetes, the
+//! [`inject`] webhook adds sidecars to Pods of labelled namespaces.
 
 pub mod ca;
 pub mod controller;
 pub mod debug;
 pub mod dns_feed;
+pub mod inject;
 pub mod registry;
 pub mod run;
 pub mod xds;

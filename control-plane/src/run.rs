@@ -59,6 +59,15 @@ pub struct Options {
     pub drain_grace: Duration,
 }
 
+/// Where and how the sidecar-injection webhook is served.
+#[derive(Clone, Debug)]
+pub struct InjectOptions {
+    pub listen: SocketAddr,
+    pub tls: crate::inject::TlsFiles,
+    /// What injected Pods get; an empty `cluster`/`network` is filled from [`Options`].
+    pub template: crate::inject::Template,
+}
+
 /// Why the control plane could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -83,6 +92,8 @@ pub enum RunError {
     NoAuthenticator,
     #[error("CA Secret {secret}: {reason}")]
     CaSecret { secret: String, reason: String },
+    #[error("injection webhook: {0}")]
+    Webhook(#[from] crate::inject::WebhookError),
 }
 
 /// Loads the cluster CA from a Kubernetes Secret (`<namespace>/<name>`) with
@@ -123,11 +134,23 @@ pub async fn load_ca_secret(client: kube::Client, secret: &str) -> Result<Cluste
 pub struct Bound {
     pub xds: SocketAddr,
     pub debug: SocketAddr,
+    /// The injection webhook, when on.
+    pub inject: Option<SocketAddr>,
 }
 
 /// Starts every part; returns once listening, with a future that runs until `shutdown`.
 pub async fn start(
     options: Options,
+    shutdown: CancellationToken,
+) -> Result<(Bound, impl Future<Output = Result<(), RunError>>), RunError> {
+    start_with(options, None, shutdown).await
+}
+
+/// [`start`], plus the sidecar-injection webhook when `inject` is given (a
+/// separate argument so that the many `Options` literals stay as they are).
+pub async fn start_with(
+    options: Options,
+    inject: Option<InjectOptions>,
     shutdown: CancellationToken,
 ) -> Result<(Bound, impl Future<Output = Result<(), RunError>>), RunError> {
     let kube_client = match options.source {
@@ -183,6 +206,7 @@ pub async fn start(
     };
     let mut metrics = prometheus_client::registry::Registry::with_prefix("isthmus_control_plane");
     let ads_metrics = AdsMetrics::register(&mut metrics);
+    let inject_metrics = crate::inject::InjectMetrics::register(&mut metrics);
     let published = crate::controller::spawn(&store, mesh, shutdown.clone());
     // The DNS servers' feed (isthmus.dns.v1), served next to ADS.
     let dns_feed = crate::dns_feed::DnsFeedService::spawn(
@@ -213,6 +237,32 @@ pub async fn start(
     };
     let xds_listener = bind("xDS", options.xds_listen).await?;
     let debug_listener = bind("debug HTTP", options.debug_listen).await?;
+    let inject = match &inject {
+        Some(inject) => {
+            let listener = bind("injection webhook", inject.listen).await?;
+            let addr = listener.local_addr().map_err(|source| RunError::Bind {
+                what: "injection webhook",
+                addr: inject.listen,
+                source,
+            })?;
+            let mut template = inject.template.clone();
+            if template.cluster.is_empty() {
+                template.cluster.clone_from(&options.cluster);
+            }
+            if template.network.is_empty() {
+                template.network.clone_from(&options.network);
+            }
+            let serve = crate::inject::serve(
+                listener,
+                inject.tls.clone(),
+                template,
+                inject_metrics,
+                shutdown.clone(),
+            )?;
+            Some((addr, serve))
+        }
+        None => None,
+    };
     let bound = Bound {
         xds: xds_listener.local_addr().map_err(|source| RunError::Bind {
             what: "xDS",
@@ -226,6 +276,7 @@ pub async fn start(
                 addr: options.debug_listen,
                 source,
             })?,
+        inject: inject.as_ref().map(|(addr, _)| *addr),
     };
     tracing::info!(cluster = %options.cluster, trust_domain = %ca.trust_domain(), xds = %bound.xds, debug = %bound.debug, "control plane listening");
 
@@ -237,6 +288,7 @@ pub async fn start(
         push: published.push,
     };
     let debug_task = tokio::spawn(debug::serve(debug_listener, debug_state, shutdown.clone()));
+    let inject_task = inject.map(|(_, serve)| tokio::spawn(serve));
     let grpc = {
         let ads = ads.clone();
         let shutdown = shutdown.clone();
@@ -260,6 +312,9 @@ pub async fn start(
     let run = async move {
         let grpc_result = grpc.await;
         let _ = debug_task.await;
+        if let Some(task) = inject_task {
+            let _ = task.await;
+        }
         if let Ok(Err(e)) = source_task.await {
             return Err(RunError::Source(e));
         }
