@@ -31,6 +31,10 @@ pub(crate) struct GatewayArgs {
     /// The admin server (/ready, /metrics, /config_dump, /routes, POST /drain).
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT)))]
     admin: SocketAddr,
+    /// The xDS listener to serve (default: `0.0.0.0_<listen port>`, else
+    /// `0.0.0.0_15443`, else the only one).
+    #[arg(long)]
+    xds_listener: Option<String>,
     /// Connections open at once; at the limit accepting pauses.
     #[arg(long, default_value_t = 16384)]
     max_connections: usize,
@@ -75,6 +79,7 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     );
     options.listen = args.listen;
     options.admin = Some(args.admin);
+    options.xds_listener = args.xds_listener;
     options.max_connections = args.max_connections;
     options.max_connections_per_service = args.max_connections_per_service;
     options.client_hello_timeout = args.client_hello_timeout;

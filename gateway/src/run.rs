@@ -56,8 +56,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The admin server (default `0.0.0.0:15000`); `None` runs none.
     pub admin: Option<SocketAddr>,
-    /// The xDS listener whose filter chains are served; default
-    /// `0.0.0.0_<listen port>` (`0.0.0.0_15443` when the port is 0).
+    /// The xDS listener whose filter chains are served; by default
+    /// `0.0.0.0_<listen port>`, else `0.0.0.0_15443`, else the config's
+    /// only listener.
     pub xds_listener: Option<String>,
     /// Connections open at once; at the limit accepting pauses.
     pub max_connections: usize,
@@ -191,14 +192,10 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         address: options.listen,
         source,
     })?;
-    let xds_listener = options.xds_listener.clone().unwrap_or_else(|| {
-        let port = if options.listen.port() == 0 {
-            DEFAULT_PORT
-        } else {
-            options.listen.port()
-        };
-        format!("0.0.0.0_{port}")
-    });
+    let xds_listener = ListenerChoice {
+        name: options.xds_listener.clone(),
+        port: listen.port(),
+    };
     // `drain` stops accepting (SIGTERM or POST /drain); `stop` ends the
     // xDS client and admin once connections are done; `force` closes
     // connections left after the grace period.
@@ -321,12 +318,36 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     })
 }
 
+/// Which xDS listener the gateway serves.
+#[derive(Debug)]
+struct ListenerChoice {
+    name: Option<String>,
+    port: u16,
+}
+
+impl ListenerChoice {
+    fn resolve(&self, config: &ProxyConfig) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let by_port = [self.port, DEFAULT_PORT]
+            .into_iter()
+            .map(|p| format!("0.0.0.0_{p}"))
+            .find(|n| config.listeners.contains_key(n));
+        match (by_port, config.listeners.len()) {
+            (Some(name), _) => name,
+            (None, 1) => config.listeners.keys().next().cloned().unwrap_or_default(),
+            (None, _) => format!("0.0.0.0_{DEFAULT_PORT}"),
+        }
+    }
+}
+
 /// Rebuilds the route table on every config change; ready once the xDS
 /// client is and the table reflects its config.
 async fn keep_routes(
     mut config: watch::Receiver<Arc<ProxyConfig>>,
     mut xds_ready: watch::Receiver<bool>,
-    listener: String,
+    listener: ListenerChoice,
     routes: watch::Sender<Arc<RouteTable>>,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
@@ -335,7 +356,8 @@ async fn keep_routes(
     loop {
         if config_changed {
             let current = config.borrow_and_update().clone();
-            let table = RouteTable::build(&current, &listener, &routes.borrow());
+            let name = listener.resolve(&current);
+            let table = RouteTable::build(&current, &name, &routes.borrow());
             for w in &table.warnings {
                 tracing::warn!("{w}");
             }
