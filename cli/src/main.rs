@@ -1,7 +1,8 @@
 //! `isthmus`: one binary for every Isthmus component and tool.
 //!
-//! Component subcommands (`control-plane`, `sidecar`, `gateway`, `dns`,
-//! `federation`) arrive with their crates; the tools here work today.
+//! Every component runs as a subcommand (`control-plane`, `sidecar`,
+//! `gateway`, `dns`, `federation`), next to the lab (`lab`, `canary`,
+//! `drill`) and the tools (`validate`, `crds`, `ca`, `iptables`, ...).
 
 #![forbid(unsafe_code)]
 
@@ -11,8 +12,8 @@ mod dns;
 mod federation;
 mod gateway;
 mod iptables;
-mod link;
 mod lab;
+mod link;
 mod sidecar;
 mod validate;
 
