@@ -145,7 +145,7 @@ run() {
 }
 
 echo "== dnsperf: $DURATION s per run, $CLIENTS clients, $((SERVICES * 2)) names" | tee "$OUT"
-echo "   $(nproc) cores; each server 1 thread; $(uname -r)" | tee -a "$OUT"
+echo "   $(nproc) cores; each server 1 thread; $(uname -r); load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 run isthmus $DNS_PORT
 run unbound $UNBOUND_PORT
 # shellcheck disable=SC2154 # set by run via eval
