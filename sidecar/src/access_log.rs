@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::flags::Flags;
+
 /// Lines queued before new ones are dropped.
 const QUEUE: usize = 4096;
 
@@ -45,7 +47,7 @@ pub struct Entry<'a> {
     /// Response status (0 for TCP).
     pub response_code: u16,
     /// Envoy response flags (`-` for none).
-    pub response_flags: &'a str,
+    pub response_flags: Flags,
     /// Request body bytes (or bytes from the downstream for TCP).
     pub bytes_received: u64,
     /// Response body bytes (or bytes to the downstream for TCP).
@@ -126,7 +128,7 @@ impl Entry<'_> {
             "authority": or_null(self.authority),
             "protocol": self.protocol,
             "response_code": self.response_code,
-            "response_flags": self.response_flags,
+            "response_flags": self.response_flags.to_string(),
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
             "duration": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
@@ -189,7 +191,6 @@ mod tests {
             path: "/a?b=\"c\"",
             protocol: "HTTP/1.1",
             response_code: 200,
-            response_flags: "-",
             ..Entry::default()
         };
         let line = e.to_json_line();

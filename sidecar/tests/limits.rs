@@ -259,3 +259,57 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.json()["path"], "/delay/800");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaking_queues_then_answers_503() {
+    let net = 95;
+    let app = App::start(SocketAddr::new(ip(net, 131), 8080), "slow", Behavior::Echo).await;
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: slow, namespace: sample}}
+spec:
+  hosts: [slow.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http}}]
+  endpoints: [{{address: {}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: slow, namespace: sample}}
+spec:
+  host: slow.example.com
+  trafficPolicy:
+    connectionPool: {{tcp: {{maxConnections: 1}}, http: {{http1MaxPendingRequests: 1}}}}
+"#,
+        app.addr.ip()
+    );
+    let mesh = Mesh::start(net, &format!("{}\n---\n{yaml}", services(net))).await;
+    let sleep = mesh
+        .sidecar("sleep", "sleep", 21, &[("app", "sleep")])
+        .await;
+    let c = client();
+    let via = sleep.outbound();
+    assert_eq!(
+        get(&c, via, "slow.example.com:8080", "/").await.status,
+        StatusCode::OK
+    );
+    // One request on the only connection, one waiting for it, one too many.
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            get(&c, via, "slow.example.com:8080", &format!("/delay/600?{i}")).await
+        }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    let statuses: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 503], "{results:?}");
+    assert_eq!(results[2].headers["x-isthmus-response-flags"], "UO");
+}

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::authz::{Decision, HttpAttributes, RequestAttributes, normalize_host, normalize_path};
 use crate::body::{self, Body};
 use crate::flags::Flags;
-use crate::metrics::{Reporter, RequestLabels};
+use crate::metrics::{Label, Reporter, RequestLabels};
 use crate::outbound::http::{RequestLine, strip_hop_by_hop};
 use crate::outbound::{Proxy, accept_loop};
 use crate::run::Drain;
@@ -56,13 +56,35 @@ pub async fn serve_transparent(proxy: Arc<Proxy>, listener: TcpListener, drain: 
     .await;
 }
 
-/// Who is calling, as the handshake established.
-#[derive(Clone, Debug)]
+/// Who is calling, as the handshake established; shared by the requests
+/// of one connection.
+#[derive(Debug)]
 struct Peer {
     addr: SocketAddr,
     local: SocketAddr,
     principal: Option<String>,
     sni: Option<String>,
+    /// Its requests' metric labels (response fields filled per request).
+    labels: RequestLabels,
+}
+
+impl Peer {
+    fn new(
+        proxy: &Proxy,
+        (addr, local): (SocketAddr, SocketAddr),
+        principal: Option<String>,
+        sni: Option<String>,
+        protocol: &'static str,
+    ) -> Arc<Self> {
+        let labels = labels(proxy, principal.as_deref(), protocol);
+        Arc::new(Self {
+            addr,
+            local,
+            principal,
+            sni,
+            labels,
+        })
+    }
 }
 
 async fn connection(
@@ -111,24 +133,14 @@ async fn connection(
             .and_then(|c| isthmus_identity::peer_identity(c).ok())
             .map(|id| id.to_string());
         let sni = conn.server_name().map(str::to_string);
-        let peer = Peer {
-            addr,
-            local,
-            principal,
-            sni,
-        };
+        let peer = Peer::new(&proxy, (addr, local), principal, sni, cfg.protocol.label());
         dispatch(proxy, snapshot, cfg, tls, peer, limits, draining).await;
     } else {
         if !cfg.plaintext {
             tracing::debug!(%addr, port, "inbound: plaintext refused (STRICT mTLS)");
             return;
         }
-        let peer = Peer {
-            addr,
-            local,
-            principal: None,
-            sni: None,
-        };
+        let peer = Peer::new(&proxy, (addr, local), None, None, cfg.protocol.label());
         dispatch(proxy, snapshot, cfg, stream, peer, limits, draining).await;
     }
 }
@@ -138,7 +150,7 @@ async fn dispatch<I>(
     snapshot: Arc<Snapshot>,
     cfg: Arc<InboundPort>,
     io: I,
-    peer: Peer,
+    peer: Arc<Peer>,
     limits: server::Limits,
     draining: CancellationToken,
 ) where
@@ -155,34 +167,32 @@ async fn dispatch<I>(
     }
 }
 
-fn labels(proxy: &Proxy, peer: &Peer, protocol: &str) -> RequestLabels {
-    let (src_ns, src_sa) = peer
-        .principal
-        .as_deref()
+fn labels(proxy: &Proxy, principal: Option<&str>, protocol: &'static str) -> RequestLabels {
+    let unknown = crate::metrics::unknown();
+    let (src_ns, src_sa) = principal
         .and_then(|p| p.parse::<isthmus_api::naming::SpiffeId>().ok())
-        .map(|id| (id.namespace, id.service_account))
-        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-    let own = format!("{}.{}", proxy.node.workload, proxy.node.namespace);
+        .map(|id| (Label::from(id.namespace), Label::from(id.service_account)))
+        .unwrap_or_else(|| (unknown.clone(), unknown.clone()));
     RequestLabels {
         reporter: Reporter::Destination,
         source_workload: src_sa,
         source_workload_namespace: src_ns,
-        source_principal: peer.principal.clone().unwrap_or_else(|| "unknown".into()),
-        source_cluster: "unknown".into(),
-        destination_workload: proxy.node.workload.clone(),
-        destination_workload_namespace: proxy.node.namespace.clone(),
-        destination_principal: "unknown".into(),
-        destination_service: own,
-        destination_service_name: proxy.node.workload.clone(),
-        destination_service_namespace: proxy.node.namespace.clone(),
-        destination_cluster: proxy.node.cluster.clone(),
-        request_protocol: protocol.into(),
+        source_principal: principal.map_or_else(|| unknown.clone(), Label::from),
+        source_cluster: unknown.clone(),
+        destination_workload: proxy.own.workload.clone(),
+        destination_workload_namespace: proxy.own.namespace.clone(),
+        destination_principal: unknown,
+        destination_service: proxy.own.service.clone(),
+        destination_service_name: proxy.own.workload.clone(),
+        destination_service_namespace: proxy.own.namespace.clone(),
+        destination_cluster: proxy.own.cluster.clone(),
+        request_protocol: protocol,
         response_code: 0,
-        response_flags: "-".into(),
-        connection_security_policy: if peer.principal.is_some() {
-            "mutual_tls".into()
+        response_flags: Flags::default(),
+        connection_security_policy: if principal.is_some() {
+            "mutual_tls"
         } else {
-            "none".into()
+            "none"
         },
     }
 }
@@ -196,42 +206,38 @@ fn local(status: StatusCode, msg: &'static str) -> Response<Body> {
 async fn request(
     proxy: Arc<Proxy>,
     cfg: Arc<InboundPort>,
-    peer: Peer,
+    peer: Arc<Peer>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let upgrade = upgrade::requested(&req).map(|token| (token, hyper::upgrade::on(&mut req)));
     let snapshot = proxy.snapshot();
-    let mut labels = labels(&proxy, &peer, "http");
-    labels.destination_principal = snapshot
-        .credentials
-        .as_ref()
-        .map(|c| c.cert.identity().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let mut labels = peer.labels.clone();
+    if !snapshot.identity.is_empty() {
+        labels.destination_principal = snapshot.identity.clone();
+    }
+    if req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+    {
+        labels.request_protocol = "grpc";
+    }
     let request_bytes = req.body().size_hint().exact().unwrap_or(0);
     let logged = proxy.access_log.as_ref().map(|_| RequestLine::of(&req));
     let mut upstream = None;
     let (resp, flags) = forward(&snapshot, &cfg, &peer, req, upgrade, &mut upstream).await;
     labels.response_code = resp.status().as_u16();
-    labels.response_flags = flags.to_string();
-    let m = &proxy.metrics;
-    m.requests.get_or_create(&labels).inc();
-    m.duration_ms
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64() * 1000.0);
-    #[allow(clippy::cast_precision_loss)]
-    m.request_bytes
-        .get_or_create(&labels)
-        .observe(request_bytes as f64);
-    #[allow(clippy::cast_precision_loss)]
-    m.response_bytes
-        .get_or_create(&labels)
-        .observe(resp.body().size_hint().exact().unwrap_or(0) as f64);
+    labels.response_flags = flags;
+    let response_bytes = resp.body().size_hint().exact().unwrap_or(0);
+    proxy
+        .metrics
+        .record_request(&labels, started.elapsed(), (request_bytes, response_bytes));
     if let (Some(log), Some(line)) = (&proxy.access_log, &logged) {
         log.write(&line.entry(
             "inbound",
             &labels,
-            (request_bytes, resp.body().size_hint().exact().unwrap_or(0)),
+            (request_bytes, response_bytes),
             started.elapsed(),
             upstream,
             &cfg.cluster,
@@ -390,7 +396,7 @@ async fn tcp<I>(
     snapshot: Arc<Snapshot>,
     cfg: Arc<InboundPort>,
     mut io: I,
-    peer: Peer,
+    peer: Arc<Peer>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -435,7 +441,10 @@ async fn tcp<I>(
             return;
         }
     };
-    let labels = labels(&proxy, &peer, "tcp");
+    let mut labels = peer.labels.clone();
+    if !snapshot.identity.is_empty() {
+        labels.destination_principal = snapshot.identity.clone();
+    }
     let conn = crate::outbound::TcpConn {
         direction: "inbound",
         peer: peer.addr,

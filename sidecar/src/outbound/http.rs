@@ -30,7 +30,7 @@ use super::Proxy;
 use crate::access_log::Entry;
 use crate::body::{self, Body};
 use crate::flags::Flags;
-use crate::metrics::{Reporter, RequestLabels};
+use crate::metrics::{Reporter, RequestLabels, ServiceLabels};
 use crate::route::{RequestInfo, RouteAction};
 use crate::state::{ClusterKind, ClusterState, Snapshot};
 use crate::upstream::{UpstreamError, upgrade};
@@ -143,7 +143,7 @@ impl RequestLine {
                 _ => "HTTP/1.1",
             },
             response_code: labels.response_code,
-            response_flags: &labels.response_flags,
+            response_flags: labels.response_flags,
             bytes_received: received,
             bytes_sent: sent,
             duration,
@@ -152,7 +152,7 @@ impl RequestLine {
             upstream_cluster,
             downstream_remote_address: Some(peer),
             downstream_peer_uri_san: if labels.reporter == crate::metrics::Reporter::Destination
-                && labels.source_principal != "unknown"
+                && &*labels.source_principal != "unknown"
             {
                 &labels.source_principal
             } else {
@@ -213,35 +213,32 @@ pub async fn handle(
     let upgrade = upgrade::requested(&req).map(|token| (token, hyper::upgrade::on(&mut req)));
     let snapshot = proxy.snapshot();
     let request_bytes = req.body().size_hint().exact().unwrap_or(0);
+    let unknown = crate::metrics::unknown();
     let mut labels = RequestLabels {
         reporter: Reporter::Source,
-        source_workload: proxy.node.workload.clone(),
-        source_workload_namespace: proxy.node.namespace.clone(),
-        source_principal: snapshot
-            .credentials
-            .as_ref()
-            .map(|c| c.cert.identity().to_string())
-            .unwrap_or_default(),
-        source_cluster: proxy.node.cluster.clone(),
-        destination_workload: "unknown".into(),
-        destination_workload_namespace: "unknown".into(),
-        destination_principal: "unknown".into(),
-        destination_service: "unknown".into(),
-        destination_service_name: "unknown".into(),
-        destination_service_namespace: "unknown".into(),
-        destination_cluster: "unknown".into(),
+        source_workload: proxy.own.workload.clone(),
+        source_workload_namespace: proxy.own.namespace.clone(),
+        source_principal: snapshot.identity.clone(),
+        source_cluster: proxy.own.cluster.clone(),
+        destination_workload: unknown.clone(),
+        destination_workload_namespace: unknown.clone(),
+        destination_principal: unknown.clone(),
+        destination_service: unknown.clone(),
+        destination_service_name: unknown.clone(),
+        destination_service_namespace: unknown.clone(),
+        destination_cluster: unknown,
         request_protocol: if req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
         {
-            "grpc".into()
+            "grpc"
         } else {
-            "http".into()
+            "http"
         },
         response_code: 0,
-        response_flags: String::new(),
-        connection_security_policy: "unknown".into(),
+        response_flags: Flags::default(),
+        connection_security_policy: "unknown",
     };
     // Copied only when an access log line will need them after the request moved on.
     let logged = proxy.access_log.as_ref().map(|_| RequestLine::of(&req));
@@ -256,34 +253,17 @@ pub async fn handle(
     )
     .await;
     labels.response_code = response.status().as_u16();
-    labels.response_flags = flags.to_string();
+    labels.response_flags = flags;
     let elapsed = started.elapsed();
-    proxy.metrics.requests.get_or_create(&labels).inc();
+    let response_bytes = response.body().size_hint().exact().unwrap_or(0);
     proxy
         .metrics
-        .duration_ms
-        .get_or_create(&labels)
-        .observe(elapsed.as_secs_f64() * 1000.0);
-    #[allow(clippy::cast_precision_loss)]
-    proxy
-        .metrics
-        .request_bytes
-        .get_or_create(&labels)
-        .observe(request_bytes as f64);
-    #[allow(clippy::cast_precision_loss)]
-    proxy
-        .metrics
-        .response_bytes
-        .get_or_create(&labels)
-        .observe(response.body().size_hint().exact().unwrap_or(0) as f64);
+        .record_request(&labels, elapsed, (request_bytes, response_bytes));
     if let (Some(log), Some(line)) = (&proxy.access_log, &logged) {
         log.write(&line.entry(
             "outbound",
             &labels,
-            (
-                request_bytes,
-                response.body().size_hint().exact().unwrap_or(0),
-            ),
+            (request_bytes, response_bytes),
             elapsed,
             upstream,
             chosen.as_ref().map_or("", |c| c.name.as_str()),
@@ -291,7 +271,7 @@ pub async fn handle(
         ));
     }
     if flags != Flags::default()
-        && let Ok(v) = HeaderValue::from_str(&labels.response_flags)
+        && let Ok(v) = HeaderValue::from_str(&flags.to_string())
     {
         response.headers_mut().insert("x-isthmus-response-flags", v);
     }
@@ -387,8 +367,8 @@ async fn route(
         RouteAction::Forward(f) => f,
     };
     let target = forward.clusters.pick(rand::random());
-    service_labels(labels, &target.name);
     let Some(cluster) = snapshot.clusters.get(&target.name).cloned() else {
+        labels.destination_service = ServiceLabels::of_cluster(&target.name).service;
         let (r, f) = local(
             forward.cluster_not_found,
             Flags::NO_CLUSTER,
@@ -396,6 +376,9 @@ async fn route(
         );
         return (r, f, None);
     };
+    labels.destination_service = cluster.service.service.clone();
+    labels.destination_service_name = cluster.service.name.clone();
+    labels.destination_service_namespace = cluster.service.namespace.clone();
     *chosen = Some(cluster.clone());
     let hash = forward.request_hash(&info, peer.ip());
     // A cookie policy with a ttl hands the client the cookie it hashed on.
@@ -613,23 +596,6 @@ fn host_of(authority: &str) -> &str {
         _ => authority,
     };
     host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Fills the destination labels from an `outbound|port|subset|host` name.
-fn service_labels(labels: &mut RequestLabels, cluster: &str) {
-    let mut parts = cluster.splitn(4, '|');
-    if let (Some("outbound"), Some(_), Some(_), Some(host)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    {
-        labels.destination_service = host.to_string();
-        let mut h = host.split('.');
-        if let (Some(name), Some(ns)) = (h.next(), h.next()) {
-            labels.destination_service_name = name.to_string();
-            labels.destination_service_namespace = ns.to_string();
-        }
-    } else {
-        labels.destination_service = cluster.to_string();
-    }
 }
 
 fn fault_response(abort: &crate::route::FaultAbort) -> (Response<Body>, Flags) {

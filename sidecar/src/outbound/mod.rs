@@ -22,7 +22,7 @@ pub use tcp::proxy_tcp;
 pub(crate) use tcp::{TcpConn, splice_counted};
 
 use crate::access_log::AccessLog;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OwnLabels};
 use crate::run::Drain;
 use crate::server::{self, Limits};
 use crate::state::Snapshot;
@@ -35,6 +35,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// This workload.
     pub node: NodeInfo,
+    /// Its metric labels.
+    pub own: OwnLabels,
     /// A JSON access log line per request and TCP connection, when on.
     pub access_log: Option<AccessLog>,
     /// Downstream limits.
@@ -53,6 +55,7 @@ impl Proxy {
         Self {
             snapshot: ArcSwap::new(snapshot),
             metrics,
+            own: OwnLabels::of(&node),
             node,
             access_log,
             limits,

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 
 use super::Proxy;
 use crate::access_log::Entry;
+use crate::flags::Flags;
 use crate::metrics::{Reporter, RequestLabels};
 use crate::state::{ClusterKind, Snapshot};
 
@@ -25,32 +26,32 @@ pub async fn proxy_tcp(
     cluster: &str,
     original_dst: Option<SocketAddr>,
 ) {
-    let labels = RequestLabels {
+    let unknown = crate::metrics::unknown();
+    let mut labels = RequestLabels {
         reporter: Reporter::Source,
-        source_workload: proxy.node.workload.clone(),
-        source_workload_namespace: proxy.node.namespace.clone(),
-        source_principal: snapshot
-            .credentials
-            .as_ref()
-            .map(|c| c.cert.identity().to_string())
-            .unwrap_or_default(),
-        source_cluster: proxy.node.cluster.clone(),
-        destination_workload: "unknown".into(),
-        destination_workload_namespace: "unknown".into(),
-        destination_principal: "unknown".into(),
-        destination_service: cluster.split('|').nth(3).unwrap_or(cluster).to_string(),
-        destination_service_name: "unknown".into(),
-        destination_service_namespace: "unknown".into(),
-        destination_cluster: "unknown".into(),
-        request_protocol: "tcp".into(),
+        source_workload: proxy.own.workload.clone(),
+        source_workload_namespace: proxy.own.namespace.clone(),
+        source_principal: snapshot.identity.clone(),
+        source_cluster: proxy.own.cluster.clone(),
+        destination_workload: unknown.clone(),
+        destination_workload_namespace: unknown.clone(),
+        destination_principal: unknown.clone(),
+        destination_service: unknown.clone(),
+        destination_service_name: unknown.clone(),
+        destination_service_namespace: unknown.clone(),
+        destination_cluster: unknown,
+        request_protocol: "tcp",
         response_code: 0,
-        response_flags: "-".into(),
-        connection_security_policy: "unknown".into(),
+        response_flags: Flags::default(),
+        connection_security_policy: "unknown",
     };
     let Some(state) = snapshot.clusters.get(cluster).cloned() else {
         tracing::debug!(%peer, cluster, "TCP: unknown cluster; closing");
         return;
     };
+    labels.destination_service = state.service.service.clone();
+    labels.destination_service_name = state.service.name.clone();
+    labels.destination_service_namespace = state.service.namespace.clone();
     let pool = state.pool();
     let settings = pool.settings().clone();
     let mut tried = Vec::new();
@@ -149,7 +150,6 @@ pub(crate) async fn splice_counted<D, U>(
             start_time: Some(start),
             direction: conn.direction,
             protocol: "TCP",
-            response_flags: "-",
             bytes_received: up,
             bytes_sent: down,
             duration: started.elapsed(),
@@ -157,7 +157,7 @@ pub(crate) async fn splice_counted<D, U>(
             upstream_cluster: conn.cluster,
             downstream_remote_address: Some(conn.peer),
             downstream_peer_uri_san: if conn.direction == "inbound"
-                && labels.source_principal != "unknown"
+                && &*labels.source_principal != "unknown"
             {
                 &labels.source_principal
             } else {

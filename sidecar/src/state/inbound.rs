@@ -38,6 +38,16 @@ pub enum InboundProtocol {
     Tcp,
 }
 
+impl InboundProtocol {
+    /// Istio's `request_protocol` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            InboundProtocol::Http => "http",
+            InboundProtocol::Tcp => "tcp",
+        }
+    }
+}
+
 /// One workload port's inbound policy.
 #[derive(Debug)]
 pub struct InboundPort {

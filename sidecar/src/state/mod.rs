@@ -43,6 +43,7 @@ use rustls_pki_types::ServerName;
 pub use inbound::{InboundPort, InboundProtocol};
 
 use crate::identity::Credentials;
+use crate::metrics::{Label, ServiceLabels};
 use crate::route::RouteTable;
 use crate::upstream::{MeshTls, Pool, PoolSettings};
 
@@ -72,6 +73,8 @@ pub struct ClusterState {
     pub kind: ClusterKind,
     /// Whether the hop is mesh mTLS (and so whose SPIFFE ID is checked).
     pub mtls: bool,
+    /// The destination labels of its requests.
+    pub service: ServiceLabels,
 }
 
 impl ClusterState {
@@ -121,6 +124,8 @@ pub struct Snapshot {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificate in use.
     pub credentials: Option<Arc<Credentials>>,
+    /// Its SPIFFE ID as a metric label (empty without a certificate).
+    pub identity: Label,
     /// Roots trusted: the CA's plus SDS `ROOTCA` (federation bundles).
     pub roots: Option<TrustBundle>,
     /// Resources skipped because they did not compile.
@@ -289,6 +294,10 @@ impl Builder {
             tcp_routes,
             inbound,
             server_tls,
+            identity: creds.as_ref().map_or_else(
+                || Arc::from(""),
+                |c| Arc::from(c.cert.identity().to_string()),
+            ),
             credentials: creds,
             roots,
             errors,
@@ -388,6 +397,7 @@ impl Builder {
                 pool: Mutex::new(Arc::new(Pool::new(settings))),
                 kind,
                 mtls,
+                service: ServiceLabels::of_cluster(&c.name),
             }))),
         }
     }

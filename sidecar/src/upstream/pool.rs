@@ -13,7 +13,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isthmus_proxy_core::balance::Balancer;
+use isthmus_proxy_core::balance::{Balancer, Permit};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 
@@ -126,6 +126,8 @@ impl std::fmt::Debug for Pool {
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1: usize = 64;
+/// How often a pending request looks for a free connection.
+const PENDING_POLL: Duration = Duration::from_millis(5);
 
 impl Pool {
     /// An empty pool.
@@ -178,7 +180,8 @@ impl Pool {
         let shared = match existing {
             Some(s) => s,
             None => {
-                let io = self.connect(addr, balancer).await?;
+                let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
+                let io = self.connect(addr, permit).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
@@ -226,33 +229,12 @@ impl Pool {
         req: Request<Body>,
         balancer: &Balancer,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let idle = {
-            let mut map = self.h1.lock().unwrap_or_else(PoisonError::into_inner);
-            let list = map.entry(addr).or_default();
-            let mut found = None;
-            while let Some((s, uses)) = list.pop() {
-                if s.is_ready() {
-                    found = Some((s, uses));
-                    break;
-                }
-            }
-            found
-        };
-        let (mut sender, uses) = match idle {
+        let (mut sender, uses) = match self.idle_h1(addr) {
             Some(s) => s,
-            None => {
-                let io = self.connect(addr, balancer).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|source| UpstreamError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                });
-                (sender, 0)
-            }
+            None => match balancer.try_connection() {
+                Some(permit) => (self.handshake_h1(addr, permit).await?, 0),
+                None => self.wait_h1(addr, balancer).await?,
+            },
         };
         let result = sender.send_request(req).await;
         let uses = uses + 1;
@@ -279,12 +261,65 @@ impl Pool {
         result.map_err(|source| UpstreamError::Request { addr, source })
     }
 
-    async fn connect(
+    /// An idle HTTP/1.1 connection to `addr`, with the requests it carried.
+    fn idle_h1(&self, addr: SocketAddr) -> Option<(http1::SendRequest<Body>, u32)> {
+        let mut map = self.h1.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = map.get_mut(&addr)?;
+        while let Some((s, uses)) = list.pop() {
+            if s.is_ready() {
+                return Some((s, uses));
+            }
+        }
+        None
+    }
+
+    async fn handshake_h1(
+        &self,
+        addr: SocketAddr,
+        permit: Permit,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self.connect(addr, permit).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// `maxConnections` is reached: wait as a pending request
+    /// (`http1MaxPendingRequests`) for a connection to come back idle or a
+    /// connection slot to free up, at most the connect timeout.
+    async fn wait_h1(
         &self,
         addr: SocketAddr,
         balancer: &Balancer,
+    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+        let _pending = balancer.try_pending().ok_or(UpstreamError::Overflow)?;
+        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+        loop {
+            if let Some(idle) = self.idle_h1(addr) {
+                return Ok(idle);
+            }
+            if let Some(permit) = balancer.try_connection() {
+                return Ok((self.handshake_h1(addr, permit).await?, 0));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(UpstreamError::Overflow);
+            }
+            tokio::time::sleep(PENDING_POLL).await;
+        }
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        permit: Permit,
     ) -> Result<super::Stream, UpstreamError> {
-        let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
         let tls = self.settings.tls.as_ref().map(|t| (&t.h2, &t.sni));
         connect(addr, self.settings.connect_timeout, tls, Some(permit))
             .await
