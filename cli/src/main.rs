@@ -11,6 +11,7 @@ mod control_plane;
 mod dns;
 mod federation;
 mod gateway;
+mod install;
 mod iptables;
 mod lab;
 mod link;
@@ -86,6 +87,8 @@ enum Command {
     Ca(ca::CaCommand),
     /// Print, install (--apply) or remove (--cleanup) the transparent-capture iptables rules.
     Iptables(iptables::Args),
+    /// Install Isthmus into a Kubernetes cluster (the Helm chart in deploy/, server-side applied).
+    Install(Box<install::InstallArgs>),
     /// Print the version.
     Version {
         /// Print JSON.
@@ -134,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => control_plane::proxy_config(kind, &proxy, &control_plane, json, &mut out),
         Command::Ca(cmd) => ca::run(cmd, &mut out),
         Command::Iptables(args) => iptables::run(args, &mut out),
+        Command::Install(args) => install::run(*args, &mut out),
         Command::Crds => {
             out.write_all(isthmus_api::crds::to_yaml().as_bytes())?;
             Ok(ExitCode::SUCCESS)
