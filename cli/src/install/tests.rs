@@ -121,7 +121,7 @@ fn embedded_chart_is_the_whole_chart_directory() {
     for sub in ["", "crds", "templates"] {
         for e in std::fs::read_dir(chart_dir().join(sub)).unwrap() {
             let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
+            if std::fs::metadata(e.path()).unwrap().is_file() {
                 let name = e.file_name().into_string().unwrap();
                 on_disk.insert(if sub.is_empty() {
                     name
@@ -147,7 +147,7 @@ fn chart_crds_are_the_generated_ones() {
     assert_eq!(
         chart_file("crds/crds.yaml"),
         isthmus_api::crds::to_yaml(),
-        "deploy/helm/isthmus/crds/crds.yaml is stale: isthmus crds > deploy/helm/isthmus/crds/crds.yaml"
+        "deploy/helm/isthmus/crds/crds.yaml must stay a symlink to deploy/crds/crds.yaml"
     );
 }
 

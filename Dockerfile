@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# One image for every Isthmus component: the `isthmus` binary, the component
+# chosen by argument (`control-plane`, `gateway`, `dns`, `federation`,
+# `sidecar`, `iptables`). iptables is included for the injected init container.
+#
+#   docker build -t isthmus:dev .
+#
+# Never built on the project's machines (no Docker engine there): see README.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p isthmus-cli \
+ && cp target/release/isthmus /isthmus
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /isthmus /usr/local/bin/isthmus
+# The proxy uid/gid that the capture rules exclude; every component runs as it.
+# Only the init container (`isthmus iptables --apply`) runs as root, with NET_ADMIN.
+USER 1337:1337
+ENTRYPOINT ["/usr/local/bin/isthmus"]
+CMD ["--help"]
