@@ -1,6 +1,8 @@
-//! Store → push context: rebuilds the [`PushContext`] on every store
-//! version and publishes it to the ADS server (which debounces and decides
-//! which proxies changed).
+//! Store → push context: derives a [`PushContext`] for every store version
+//! from the previous one and the store's changes ([`PushContext::next`]:
+//! incremental for ServiceEntry changes, recording what changed for
+//! proxies) and publishes it to the ADS server (which debounces and pushes
+//! only what changed).
 
 use std::sync::Arc;
 
@@ -30,19 +32,33 @@ impl std::fmt::Debug for Published {
 
 /// Publishes a new push context for every store version until `shutdown`.
 pub fn spawn(store: &Store, mesh: MeshConfig, shutdown: CancellationToken) -> Published {
-    let initial = Arc::new(PushContext::build(&store.snapshot(), mesh.clone()));
-    let (tx, rx) = watch::channel(initial.clone() as SharedState);
-    let (push_tx, push_rx) = watch::channel(initial);
+    // Subscribe first: no version between the snapshot and the subscription is missed.
     let mut sub = store.subscribe();
+    let mut snapshot = store.snapshot();
+    let initial = Arc::new(PushContext::build(&snapshot, mesh));
+    let (tx, rx) = watch::channel(initial.clone() as SharedState);
+    let (push_tx, push_rx) = watch::channel(initial.clone());
     tokio::spawn(async move {
         let mut last_warnings = Vec::new();
+        let mut current = initial;
         loop {
             let update = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 u = sub.next() => match u { Some(u) => u, None => return },
             };
+            if update.snapshot.version() == current.version {
+                // The subscription's first answer: the version already built.
+                snapshot = update.snapshot;
+                continue;
+            }
             let started = std::time::Instant::now();
-            let pc = PushContext::build(&update.snapshot, mesh.clone());
+            let pc = if update.snapshot.version() < current.version {
+                // Cannot happen (versions only grow), but never derive backwards.
+                PushContext::build(&update.snapshot, current.mesh.clone())
+            } else {
+                current.next(&snapshot, &update.snapshot, &update.changes)
+            };
+            snapshot = update.snapshot;
             if pc.warnings != last_warnings {
                 for w in &pc.warnings {
                     tracing::warn!(warning = %w, "config skipped");
@@ -57,6 +73,7 @@ pub fn spawn(store: &Store, mesh: MeshConfig, shutdown: CancellationToken) -> Pu
                 "push context rebuilt"
             );
             let pc = Arc::new(pc);
+            current = pc.clone();
             push_tx.send_replace(pc.clone());
             if tx.send(pc).is_err() {
                 return;

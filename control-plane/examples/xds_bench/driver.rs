@@ -34,6 +34,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .args(["--services", &args.services.to_string()])
         .args(["--debounce-ms", &args.debounce_ms.to_string()])
         .args(["--max-debounce-ms", &args.max_debounce_ms.to_string()])
+        .args([
+            "--endpoint-debounce-ms",
+            &args.endpoint_debounce_ms.to_string(),
+        ])
+        .args(["--push-throttle", &args.push_throttle.to_string()])
         .args(["--listen-backlog", &args.listen_backlog.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -70,6 +70,12 @@ pub struct Args {
     /// ADS debounce: push once config has been quiet this long.
     #[arg(long, default_value_t = 100)]
     pub debounce_ms: u64,
+    /// ADS debounce of endpoint-only changes (at most `--debounce-ms`).
+    #[arg(long, default_value_t = 10)]
+    pub endpoint_debounce_ms: u64,
+    /// Streams the ADS server lets generate and send at once.
+    #[arg(long, default_value_t = isthmus_control_plane::xds::server::DEFAULT_PUSH_THROTTLE)]
+    pub push_throttle: usize,
     /// ADS debounce upper bound.
     #[arg(long, default_value_t = 1000)]
     pub max_debounce_ms: u64,
@@ -124,6 +130,8 @@ fn main() -> anyhow::Result<()> {
             services: args.services,
             debounce: Duration::from_millis(args.debounce_ms),
             max_debounce: Duration::from_millis(args.max_debounce_ms),
+            endpoint_debounce: Duration::from_millis(args.endpoint_debounce_ms),
+            push_throttle: args.push_throttle,
             listen_backlog: args.listen_backlog,
         })),
         Role::Driver => {

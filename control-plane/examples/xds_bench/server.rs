@@ -30,6 +30,8 @@ pub struct Settings {
     pub services: usize,
     pub debounce: Duration,
     pub max_debounce: Duration,
+    pub endpoint_debounce: Duration,
+    pub push_throttle: usize,
     /// Accept queue of the xDS listener.
     pub listen_backlog: u32,
 }
@@ -58,6 +60,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         AdsOptions {
             debounce: settings.debounce,
             max_debounce: settings.max_debounce,
+            endpoint_debounce: settings.endpoint_debounce,
+            push_throttle: settings.push_throttle,
             ..AdsOptions::default()
         },
     );
@@ -150,14 +154,16 @@ fn generation_costs(pc: &PushContext, services: usize) -> Value {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let started = Instant::now();
-            let resources = pc.generate(&proxy, type_url, &names).unwrap_or_default();
+            let resources = pc
+                .generate_shared(&proxy, type_url, &names)
+                .unwrap_or_default();
             best = best.min(ms(started.elapsed()));
             if type_url == CLUSTER {
                 // EDS is asked for every outbound cluster.
                 names = resources
-                    .into_iter()
+                    .iter()
                     .filter(|r| r.name.starts_with("outbound|"))
-                    .map(|r| r.name)
+                    .map(|r| r.name.clone())
                     .collect();
             }
         }

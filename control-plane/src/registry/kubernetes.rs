@@ -50,7 +50,16 @@ pub(super) fn add_services(b: &mut Builder<'_>) {
     let services: Vec<KubeService> = b
         .of_kind(Kind::Service)
         .filter_map(|r| match &**r {
-            Resource::Service(s) => Some(s.clone()),
+            Resource::Service(s)
+                if b.wants(&format!(
+                    "{}.{}.svc.{}",
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    b.ctx.domain
+                )) =>
+            {
+                Some(s.clone())
+            }
             _ => None,
         })
         .collect();

@@ -11,13 +11,13 @@
 mod kubernetes;
 mod service_entry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use isthmus_api::naming::{HostKind, Locality, ServiceName};
 use isthmus_api::{Kind, Resource};
-use isthmus_config::Snapshot;
+use isthmus_config::{Change, Snapshot};
 
 /// Label naming the cluster an endpoint runs in.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
@@ -194,16 +194,7 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry from a consistent snapshot.
     pub fn build(snapshot: &Snapshot, ctx: &ClusterContext) -> Registry {
-        let mut b = Builder {
-            ctx,
-            snapshot,
-            services: BTreeMap::new(),
-            warnings: Vec::new(),
-        };
-        kubernetes::add_services(&mut b);
-        service_entry::add_service_entries(&mut b);
-        b.merge_local_into_global();
-        b.mark_exported();
+        let b = Builder::run(snapshot, ctx, None);
         for w in &b.warnings {
             tracing::warn!(warning = %w, "registry");
         }
@@ -215,6 +206,77 @@ impl Registry {
                 .collect(),
             warnings: b.warnings,
         }
+    }
+
+    /// The registry of `snapshot`, reached from `self` (built from `previous`)
+    /// by `changes`, rebuilding only the services those changes touch, with
+    /// the hostnames it rebuilt. `None` when that cannot be done
+    /// incrementally (a change of another kind than ServiceEntry, or
+    /// warnings): then use [`build`](Self::build).
+    pub fn update(
+        &self,
+        previous: &Snapshot,
+        snapshot: &Snapshot,
+        changes: &[Change],
+        ctx: &ClusterContext,
+    ) -> Option<(Registry, BTreeSet<String>)> {
+        if !self.warnings.is_empty() {
+            return None;
+        }
+        let mut hosts = BTreeSet::new();
+        for change in changes {
+            let key = change.key();
+            if key.kind != Kind::ServiceEntry {
+                return None;
+            }
+            for s in [previous, snapshot] {
+                if let Some(r) = s.get(key) {
+                    let Resource::ServiceEntry(se) = &**r else {
+                        return None;
+                    };
+                    hosts.extend(se.spec.hosts.iter().map(|h| h.to_ascii_lowercase()));
+                }
+            }
+        }
+        // Global and local names of one service merge endpoints.
+        let local_suffix = format!(".svc.{}", ctx.domain);
+        let related: Vec<String> = hosts
+            .iter()
+            .flat_map(|h| {
+                if let Some((name, ns)) = h
+                    .strip_suffix(&local_suffix)
+                    .and_then(|rest| rest.split_once('.'))
+                {
+                    return vec![
+                        format!("{name}.{ns}.global"),
+                        format!("{name}.{ns}.svc.clusterset.local"),
+                    ];
+                }
+                match ServiceName::from_host(h) {
+                    Some((n, HostKind::Global | HostKind::ClusterSet)) => {
+                        vec![format!("{}.{}{local_suffix}", n.name, n.namespace)]
+                    }
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+        hosts.extend(related);
+        let b = Builder::run(snapshot, ctx, Some(&hosts));
+        if !b.warnings.is_empty() {
+            return None;
+        }
+        let mut services = self.services.clone();
+        for h in &hosts {
+            services.remove(h);
+        }
+        services.extend(b.services.into_iter().map(|(k, v)| (k, Arc::new(v))));
+        Some((
+            Registry {
+                services,
+                warnings: Vec::new(),
+            },
+            hosts,
+        ))
     }
 
     /// The service with this hostname (case-insensitive).
@@ -242,13 +304,43 @@ impl Registry {
 pub(crate) struct Builder<'a> {
     pub(crate) ctx: &'a ClusterContext,
     pub(crate) snapshot: &'a Snapshot,
+    /// Only these hostnames are built (an incremental update), or all.
+    only: Option<&'a BTreeSet<String>>,
     pub(crate) services: BTreeMap<String, Service>,
     pub(crate) warnings: Vec<String>,
 }
 
 impl<'a> Builder<'a> {
+    /// Every source, in order.
+    fn run(
+        snapshot: &'a Snapshot,
+        ctx: &'a ClusterContext,
+        only: Option<&'a BTreeSet<String>>,
+    ) -> Self {
+        let mut b = Builder {
+            ctx,
+            snapshot,
+            only,
+            services: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
+        kubernetes::add_services(&mut b);
+        service_entry::add_service_entries(&mut b);
+        b.merge_local_into_global();
+        b.mark_exported();
+        b
+    }
+
+    /// Whether services with this (lowercase) hostname are being built.
+    pub(crate) fn wants(&self, hostname: &str) -> bool {
+        self.only.is_none_or(|only| only.contains(hostname))
+    }
+
     /// Adds a service, merging ports and endpoints into one already defined for the host.
     pub(crate) fn add(&mut self, service: Service) {
+        if !self.wants(&service.hostname) {
+            return;
+        }
         match self.services.get_mut(&service.hostname) {
             Some(existing) => {
                 for p in service.ports {
@@ -307,6 +399,9 @@ impl<'a> Builder<'a> {
         for export in self.snapshot.of_kind(Kind::ServiceExport) {
             let key = export.key();
             let host = format!("{}.{}.svc.{}", key.name, key.namespace, self.ctx.domain);
+            if !self.wants(&host) {
+                continue;
+            }
             match self.services.get_mut(&host) {
                 Some(s) => s.exported = true,
                 None => self.warnings.push(format!(

@@ -15,7 +15,15 @@ pub(super) fn add_service_entries(b: &mut Builder<'_>) {
     let entries: Vec<networking::ServiceEntry> = b
         .of_kind(Kind::ServiceEntry)
         .filter_map(|r| match &**r {
-            Resource::ServiceEntry(se) => Some(se.clone()),
+            Resource::ServiceEntry(se)
+                if se
+                    .spec
+                    .hosts
+                    .iter()
+                    .any(|h| b.wants(&h.to_ascii_lowercase())) =>
+            {
+                Some(se.clone())
+            }
             _ => None,
         })
         .collect();

@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod server;
 
 use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
@@ -43,6 +44,89 @@ pub struct XdsResource {
     pub resource: Any,
 }
 
+/// A generated resource with its content hash, made once per config version
+/// and distinct proxy view and shared (`Arc`) by every stream that sends it.
+#[derive(Debug, PartialEq)]
+pub struct SharedResource {
+    pub name: String,
+    pub resource: Any,
+    /// Hash of the name, type URL and encoded body.
+    pub hash: u64,
+}
+
+impl SharedResource {
+    /// Hashes `resource` once.
+    pub fn new(resource: XdsResource) -> Arc<Self> {
+        let mut h = DefaultHasher::new();
+        resource.name.hash(&mut h);
+        resource.resource.type_url.hash(&mut h);
+        resource.resource.value.hash(&mut h);
+        Arc::new(Self {
+            hash: h.finish(),
+            name: resource.name,
+            resource: resource.resource,
+        })
+    }
+
+    /// A plain copy (for config dumps).
+    pub fn to_resource(&self) -> XdsResource {
+        XdsResource {
+            name: self.name.clone(),
+            resource: self.resource.clone(),
+        }
+    }
+}
+
+/// What may differ for proxies between two config versions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Changes {
+    /// Nothing any proxy is sent.
+    None,
+    /// Only endpoints of some services.
+    Endpoints(EndpointChanges),
+    /// Anything: every type may differ for every proxy.
+    #[default]
+    All,
+}
+
+/// The endpoints-only part of [`Changes`]: EDS for these clusters, except
+/// for the proxies named here, whose own clusters and listeners (inbound
+/// ports come from the endpoints that are the proxy) may differ too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointChanges {
+    /// EDS cluster names (`outbound|port|subset|host`) whose assignment may differ.
+    pub clusters: BTreeSet<String>,
+    /// Workload names and addresses of the endpoints before and after: a
+    /// proxy that is one of them gets a full push. So do gateways.
+    pub workloads: BTreeSet<String>,
+}
+
+impl EndpointChanges {
+    /// Whether `proxy` may see more than EDS change.
+    pub fn affects_whole(&self, proxy: &ProxyInfo) -> bool {
+        proxy.role != ProxyRole::Sidecar
+            || (!proxy.workload.is_empty() && self.workloads.contains(&proxy.workload))
+            || proxy
+                .ip
+                .is_some_and(|ip| self.workloads.contains(&ip.to_string()))
+    }
+}
+
+impl Changes {
+    /// The changes of both.
+    pub fn merge(self, other: Changes) -> Changes {
+        match (self, other) {
+            (Changes::None, c) | (c, Changes::None) => c,
+            (Changes::Endpoints(mut a), Changes::Endpoints(b)) => {
+                a.clusters.extend(b.clusters);
+                a.workloads.extend(b.workloads);
+                Changes::Endpoints(a)
+            }
+            _ => Changes::All,
+        }
+    }
+}
+
 /// Why resources could not be generated for a request.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -65,6 +149,29 @@ pub trait ConfigState: Send + Sync + 'static {
         type_url: &str,
         names: &BTreeSet<String>,
     ) -> Result<Vec<XdsResource>, GenerateError>;
+
+    /// Like [`generate`](Self::generate), but shared: a state that caches
+    /// its results hands every stream the same `Arc`s. The default wraps
+    /// `generate`.
+    fn generate_shared(
+        &self,
+        proxy: &ProxyInfo,
+        type_url: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<Vec<Arc<SharedResource>>, GenerateError> {
+        Ok(self
+            .generate(proxy, type_url, names)?
+            .into_iter()
+            .map(SharedResource::new)
+            .collect())
+    }
+
+    /// What may differ between the state of `version` (older) and this one.
+    /// The default, [`Changes::All`], makes every push regenerate everything.
+    fn changes_since(&self, version: u64) -> Changes {
+        let _ = version;
+        Changes::All
+    }
 }
 
 /// Shared handle to the current configuration state.

@@ -219,6 +219,7 @@ impl Harness {
             debounce,
             max_debounce,
             metrics,
+            ..AdsOptions::default()
         };
         let server = AdsServer::new(rx, options);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

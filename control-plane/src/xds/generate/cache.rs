@@ -6,12 +6,21 @@
 //! clusters; role, namespace, network, cluster and locality for endpoints
 //! (plus labels when some DestinationRule uses `failoverPriority`);
 //! namespace for routes (plus labels when some VirtualService matches on
-//! `sourceLabels`). A new push context starts with empty caches.
+//! `sourceLabels`). A new push context starts with empty caches, except
+//! that one reached by an endpoints-only change keeps the previous one's
+//! clusters, listeners and routes ([`Cache::carry_over`]).
+//!
+//! The `shared_*` maps serve the ADS server: the same results as
+//! [`SharedResource`]s, so every stream sends (and remembers) the same
+//! `Arc`s instead of its own copy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::xds::{ProxyInfo, ProxyRole, XdsResource};
+use crate::xds::{ProxyInfo, ProxyRole, SharedResource, XdsResource};
+
+/// Resources shared by every stream that sends them.
+pub(crate) type Shared = Arc<Vec<Arc<SharedResource>>>;
 
 type Labels = Option<BTreeMap<String, String>>;
 
@@ -33,19 +42,126 @@ struct RouteKey {
     labels: Labels,
 }
 
+impl EndpointKey {
+    fn new(name: &str, proxy: &ProxyInfo, by_labels: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            role: proxy.role,
+            namespace: proxy.namespace.clone(),
+            network: proxy.network.clone(),
+            cluster: proxy.cluster.clone(),
+            locality: proxy.locality.to_string(),
+            labels: by_labels.then(|| proxy.labels.clone()),
+        }
+    }
+}
+
+impl RouteKey {
+    fn new(name: &str, proxy: &ProxyInfo, by_labels: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            namespace: proxy.namespace.clone(),
+            labels: by_labels.then(|| proxy.labels.clone()),
+        }
+    }
+}
+
 /// Shared generation results for one push context.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     clusters: Mutex<HashMap<String, Arc<Vec<XdsResource>>>>,
     endpoints: Mutex<HashMap<EndpointKey, Option<XdsResource>>>,
     routes: Mutex<HashMap<RouteKey, XdsResource>>,
+    /// A sidecar's clusters but its inbound ones, by namespace.
+    shared_clusters: Mutex<HashMap<String, Shared>>,
+    /// A sidecar's listeners but `virtualInbound`, by namespace.
+    shared_listeners: Mutex<HashMap<String, Shared>>,
+    shared_endpoints: Mutex<HashMap<EndpointKey, Option<Arc<SharedResource>>>>,
+    shared_routes: Mutex<HashMap<RouteKey, Arc<SharedResource>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Looks `key` up in `map`, or makes and inserts it (outside the lock:
+/// generation is slow and other streams may use the map meanwhile).
+fn get_or_make<K, V>(map: &Mutex<HashMap<K, V>>, key: K, make: impl FnOnce() -> V) -> V
+where
+    K: std::hash::Hash + Eq,
+    V: Clone,
+{
+    if let Some(hit) = lock(map).get(&key) {
+        return hit.clone();
+    }
+    let made = make();
+    lock(map).entry(key).or_insert(made).clone()
+}
+
 impl Cache {
+    /// A cache for the next push context after an endpoints-only change:
+    /// clusters, listeners and routes do not depend on endpoints (the
+    /// per-proxy inbound parts are not cached), so they are kept.
+    pub(crate) fn carry_over(&self) -> Cache {
+        Cache {
+            clusters: Mutex::new(lock(&self.clusters).clone()),
+            routes: Mutex::new(lock(&self.routes).clone()),
+            shared_clusters: Mutex::new(lock(&self.shared_clusters).clone()),
+            shared_listeners: Mutex::new(lock(&self.shared_listeners).clone()),
+            shared_routes: Mutex::new(lock(&self.shared_routes).clone()),
+            ..Cache::default()
+        }
+    }
+
+    /// A sidecar's shared clusters for `namespace`.
+    pub(crate) fn shared_clusters(&self, namespace: &str, make: impl FnOnce() -> Shared) -> Shared {
+        get_or_make(&self.shared_clusters, namespace.to_string(), make)
+    }
+
+    /// A sidecar's shared listeners for `namespace`.
+    pub(crate) fn shared_listeners(
+        &self,
+        namespace: &str,
+        make: impl FnOnce() -> Shared,
+    ) -> Shared {
+        get_or_make(&self.shared_listeners, namespace.to_string(), make)
+    }
+
+    /// One cluster's assignment as `proxy` sees it, shared.
+    pub(crate) fn shared_endpoints(
+        &self,
+        name: &str,
+        proxy: &ProxyInfo,
+        by_labels: bool,
+        make: impl FnOnce() -> Option<XdsResource>,
+    ) -> Option<Arc<SharedResource>> {
+        get_or_make(
+            &self.shared_endpoints,
+            EndpointKey::new(name, proxy, by_labels),
+            || make().map(SharedResource::new),
+        )
+    }
+
+    /// One route configuration as `proxy` sees it, shared.
+    pub(crate) fn shared_route(
+        &self,
+        name: &str,
+        proxy: &ProxyInfo,
+        by_labels: bool,
+        make: impl FnOnce() -> XdsResource,
+    ) -> Arc<SharedResource> {
+        get_or_make(
+            &self.shared_routes,
+            RouteKey::new(name, proxy, by_labels),
+            || SharedResource::new(make()),
+        )
+    }
+
+    /// Drops the plain outbound clusters of `namespace` (kept shared instead).
+    pub(crate) fn forget_outbound_clusters(&self, namespace: &str) {
+        lock(&self.clusters).remove(namespace);
+    }
+
     /// Outbound clusters for `namespace`, generated on first use.
     pub(crate) fn outbound_clusters(
         &self,
@@ -70,20 +186,11 @@ impl Cache {
         by_labels: bool,
         make: impl FnOnce() -> Option<XdsResource>,
     ) -> Option<XdsResource> {
-        let key = EndpointKey {
-            name: name.to_string(),
-            role: proxy.role,
-            namespace: proxy.namespace.clone(),
-            network: proxy.network.clone(),
-            cluster: proxy.cluster.clone(),
-            locality: proxy.locality.to_string(),
-            labels: by_labels.then(|| proxy.labels.clone()),
-        };
-        if let Some(hit) = lock(&self.endpoints).get(&key) {
-            return hit.clone();
-        }
-        let made = make();
-        lock(&self.endpoints).entry(key).or_insert(made).clone()
+        get_or_make(
+            &self.endpoints,
+            EndpointKey::new(name, proxy, by_labels),
+            make,
+        )
     }
 
     /// One route configuration as `proxy` sees it.
@@ -94,15 +201,6 @@ impl Cache {
         by_labels: bool,
         make: impl FnOnce() -> XdsResource,
     ) -> XdsResource {
-        let key = RouteKey {
-            name: name.to_string(),
-            namespace: proxy.namespace.clone(),
-            labels: by_labels.then(|| proxy.labels.clone()),
-        };
-        if let Some(hit) = lock(&self.routes).get(&key) {
-            return hit.clone();
-        }
-        let made = make();
-        lock(&self.routes).entry(key).or_insert(made).clone()
+        get_or_make(&self.routes, RouteKey::new(name, proxy, by_labels), make)
     }
 }

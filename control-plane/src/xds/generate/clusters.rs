@@ -345,7 +345,7 @@ pub fn inbound_name(port: u16) -> String {
 }
 
 /// Clusters for the proxy's own workload: one per port it serves.
-fn inbound(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
+pub(crate) fn inbound(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
     super::listeners::workload_ports(pc, proxy)
         .into_iter()
         .map(|(_, target, protocol)| {

@@ -241,7 +241,7 @@ pub fn mtls_mode(pc: &PushContext, proxy: &ProxyInfo, port: u16) -> MtlsMode {
         .unwrap_or(MtlsMode::Permissive)
 }
 
-fn inbound(pc: &PushContext, proxy: &ProxyInfo) -> Listener {
+pub(crate) fn inbound(pc: &PushContext, proxy: &ProxyInfo) -> Listener {
     let policies = rbac::applicable(
         pc.authorization_policies(),
         &pc.mesh.root_namespace,

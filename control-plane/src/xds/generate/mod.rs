@@ -18,7 +18,7 @@ pub mod routes;
 pub mod secrets;
 mod tls;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,14 +29,14 @@ use envoy_types::pb::google::protobuf;
 use isthmus_api::networking::{DestinationRule, VirtualService};
 use isthmus_api::security::{AuthorizationPolicy, PeerAuthentication};
 use isthmus_api::{Kind, Resource};
-use isthmus_config::Snapshot;
+use isthmus_config::{Change, Snapshot};
 use prost::Name;
 
 use super::{
-    CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ProxyRole, ROUTE, SECRET,
-    XdsResource,
+    CLUSTER, Changes, ConfigState, ENDPOINT, EndpointChanges, GenerateError, LISTENER, ProxyInfo,
+    ProxyRole, ROUTE, SECRET, SharedResource, XdsResource,
 };
-use crate::registry::{ClusterContext, Registry};
+use crate::registry::{ClusterContext, Registry, Resolution, Service};
 
 pub use policy::EffectivePolicy;
 
@@ -88,7 +88,16 @@ pub struct PushContext {
     pub uses_source_labels: bool,
     /// Resources generated once per push context and shared by proxies with the same inputs.
     pub(crate) cache: cache::Cache,
+    /// What changed from one push context to the next, for the last
+    /// [`HISTORY`] versions: (from version, to version, changes).
+    history: VecDeque<(u64, u64, Changes)>,
 }
+
+/// The one listener of a sidecar that depends on the proxy itself.
+const VIRTUAL_INBOUND: &str = "virtualInbound";
+
+/// Versions of [`PushContext::history`] kept: a stream further behind gets everything.
+const HISTORY: usize = 64;
 
 impl PushContext {
     /// Indexes a store snapshot.
@@ -138,6 +147,7 @@ impl PushContext {
             uses_failover_priority,
             uses_source_labels,
             cache: cache::Cache::default(),
+            history: VecDeque::new(),
             version: snapshot.version(),
             registry,
             gateways,
@@ -156,6 +166,138 @@ impl PushContext {
             warnings,
             mesh,
         }
+    }
+
+    /// The push context after `self` (built from `previous`) for `snapshot`,
+    /// which `changes` made from `previous`, with what changed for proxies
+    /// recorded (see [`ConfigState::changes_since`]).
+    ///
+    /// Changes to ServiceEntries only rebuild the services they touch
+    /// ([`Registry::update`]) and keep everything else; a service whose
+    /// endpoints alone changed is an endpoints-only change (EDS). Any other
+    /// change rebuilds the whole context and may change anything.
+    pub fn next(
+        &self,
+        previous: &Snapshot,
+        snapshot: &Snapshot,
+        changes: &[Change],
+    ) -> PushContext {
+        let registry_only = changes
+            .iter()
+            .all(|c| REGISTRY_KINDS.contains(&c.key().kind));
+        let (mut pc, changed) = if !registry_only {
+            (
+                PushContext::build(snapshot, self.mesh.clone()),
+                Changes::All,
+            )
+        } else if let Some((registry, hosts)) =
+            self.registry
+                .update(previous, snapshot, changes, &self.mesh.cluster)
+        {
+            self.with_registry(registry, snapshot.version(), &hosts)
+        } else {
+            let registry = Registry::build(snapshot, &self.mesh.cluster);
+            if registry.warnings.is_empty() && self.registry.warnings.is_empty() {
+                let hosts = self
+                    .registry
+                    .services()
+                    .chain(registry.services())
+                    .map(|s| s.hostname.clone())
+                    .collect();
+                self.with_registry(registry, snapshot.version(), &hosts)
+            } else {
+                (
+                    PushContext::build(snapshot, self.mesh.clone()),
+                    Changes::All,
+                )
+            }
+        };
+        pc.history = self.history.clone();
+        if pc.history.len() == HISTORY {
+            pc.history.pop_front();
+        }
+        pc.history.push_back((self.version, pc.version, changed));
+        pc
+    }
+
+    /// `self` with another registry (nothing else changed), and what that
+    /// changes for proxies, comparing the services named in `hosts`.
+    fn with_registry(
+        &self,
+        registry: Registry,
+        version: u64,
+        hosts: &BTreeSet<String>,
+    ) -> (PushContext, Changes) {
+        let mut changes = Changes::None;
+        for host in hosts {
+            let step = match (self.registry.service(host), registry.service(host)) {
+                (None, None) => continue,
+                (Some(old), Some(new)) if Arc::ptr_eq(old, new) || old == new => continue,
+                (Some(old), Some(new)) if endpoints_only(self, old, new) => {
+                    Changes::Endpoints(self.endpoint_changes(old, new))
+                }
+                _ => Changes::All,
+            };
+            changes = changes.merge(step);
+            if changes == Changes::All {
+                break;
+            }
+        }
+        let cache = match &changes {
+            Changes::All => cache::Cache::default(),
+            Changes::None | Changes::Endpoints(_) => self.cache.carry_over(),
+        };
+        let pc = PushContext {
+            version,
+            mesh: self.mesh.clone(),
+            registry,
+            gateways: self.gateways.clone(),
+            trust_domains: self.trust_domains.clone(),
+            virtual_services: self.virtual_services.clone(),
+            destination_rules: self.destination_rules.clone(),
+            peer_authentications: self.peer_authentications.clone(),
+            gateways_resources: self.gateways_resources.clone(),
+            authorization_policies: self.authorization_policies.clone(),
+            // Registry warnings come first; both registries have none.
+            warnings: self.warnings[self.registry.warnings.len()..].to_vec(),
+            uses_failover_priority: self.uses_failover_priority,
+            uses_source_labels: self.uses_source_labels,
+            cache,
+            history: VecDeque::new(),
+        };
+        (pc, changes)
+    }
+
+    /// The EDS clusters of a service whose endpoints changed (every port,
+    /// every subset any DestinationRule defines for it), and its workloads.
+    fn endpoint_changes(&self, old: &Service, new: &Service) -> EndpointChanges {
+        let subsets: BTreeSet<Option<&str>> = std::iter::once(None)
+            .chain(
+                self.destination_rules
+                    .get(&new.hostname)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| match &**r {
+                        Resource::DestinationRule(dr) => Some(dr),
+                        _ => None,
+                    })
+                    .flat_map(|dr| dr.spec.subsets.iter().map(|s| Some(s.name.as_str()))),
+            )
+            .collect();
+        let mut out = EndpointChanges::default();
+        for port in &new.ports {
+            for subset in &subsets {
+                out.clusters
+                    .insert(cluster_name(port.port, *subset, &new.hostname));
+            }
+        }
+        for e in old.endpoints.iter().chain(&new.endpoints) {
+            if !e.workload.is_empty() {
+                out.workloads.insert(e.workload.clone());
+            }
+            out.workloads.insert(e.address.clone());
+        }
+        out
     }
 
     /// The destination rule for `host` as seen from `namespace`: one in the
@@ -264,6 +406,136 @@ impl ConfigState for PushContext {
         };
         Ok(out)
     }
+
+    fn generate_shared(
+        &self,
+        proxy: &ProxyInfo,
+        type_url: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<Vec<Arc<SharedResource>>, GenerateError> {
+        let shared = |r: Vec<XdsResource>| r.into_iter().map(SharedResource::new);
+        let out = match (type_url, proxy.role) {
+            (CLUSTER, ProxyRole::Sidecar) => {
+                let all = self.cache.shared_clusters(&proxy.namespace, || {
+                    let made = clusters::sidecar(self, proxy)
+                        .into_iter()
+                        .filter(|r| !r.name.starts_with("inbound|"));
+                    // Kept shared from here on; the copy `sidecar` cached is not needed.
+                    self.cache.forget_outbound_clusters(&proxy.namespace);
+                    sorted(made.map(SharedResource::new).collect())
+                });
+                with_own(&all, shared(clusters::inbound(self, proxy)))
+            }
+            (LISTENER, ProxyRole::Sidecar) => {
+                let all = self.cache.shared_listeners(&proxy.namespace, || {
+                    let made = listeners::sidecar(self, proxy)
+                        .into_iter()
+                        .filter(|r| r.name != VIRTUAL_INBOUND);
+                    sorted(made.map(SharedResource::new).collect())
+                });
+                let inbound = resource(VIRTUAL_INBOUND, listeners::inbound(self, proxy));
+                with_own(&all, [SharedResource::new(inbound)])
+            }
+            (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => names
+                .iter()
+                .filter_map(|name| {
+                    self.cache
+                        .shared_endpoints(name, proxy, self.uses_failover_priority, || {
+                            endpoints::assignment(self, proxy, name)
+                                .map(|cla| resource(name.clone(), cla))
+                        })
+                })
+                .collect(),
+            (ROUTE, ProxyRole::Sidecar) => names
+                .iter()
+                .filter_map(|n| {
+                    let port = n.parse().ok()?;
+                    Some(
+                        self.cache
+                            .shared_route(n, proxy, self.uses_source_labels, || {
+                                resource(n.clone(), routes::route_config(self, proxy, port))
+                            }),
+                    )
+                })
+                .collect(),
+            _ => shared(self.generate(proxy, type_url, names)?).collect(),
+        };
+        Ok(out)
+    }
+
+    fn changes_since(&self, version: u64) -> Changes {
+        if version >= self.version {
+            return Changes::None;
+        }
+        let mut relevant = self.history.iter().filter(|(_, to, _)| *to > version);
+        match relevant.next() {
+            Some((from, _, first)) if *from <= version => {
+                relevant.fold(first.clone(), |acc, (_, _, c)| acc.merge(c.clone()))
+            }
+            _ => Changes::All,
+        }
+    }
+}
+
+/// Shared resources sorted by name, as responses list them.
+fn sorted(mut resources: Vec<Arc<SharedResource>>) -> cache::Shared {
+    resources.sort_by(|a, b| a.name.cmp(&b.name));
+    Arc::new(resources)
+}
+
+/// A proxy's resources: the shared ones (sorted) plus its own, in name order.
+fn with_own(
+    shared: &[Arc<SharedResource>],
+    own: impl IntoIterator<Item = Arc<SharedResource>>,
+) -> Vec<Arc<SharedResource>> {
+    let mut out = shared.to_vec();
+    for r in own {
+        let at = out.partition_point(|x| x.name < r.name);
+        out.insert(at, r);
+    }
+    out
+}
+
+/// Kinds that only feed the registry: their changes are judged by what the
+/// registry's services become.
+const REGISTRY_KINDS: [Kind; 7] = [
+    Kind::ServiceEntry,
+    Kind::WorkloadEntry,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Pod,
+    Kind::Node,
+    Kind::ServiceExport,
+];
+
+/// Whether `old` and `new` differ in their endpoints alone, in a way only
+/// EDS shows: same ports, addresses, resolution (static, so clusters do not
+/// inline endpoints) and the same identities (clusters carry the expected
+/// SPIFFE SANs of the endpoints' service accounts).
+fn endpoints_only(pc: &PushContext, old: &Service, new: &Service) -> bool {
+    let identities = |s: &Service| -> BTreeSet<(String, String)> {
+        s.endpoints
+            .iter()
+            .map(|e| {
+                (
+                    pc.trust_domain_of(&e.cluster).to_string(),
+                    e.service_account.clone(),
+                )
+            })
+            .collect()
+    };
+    old.resolution == Resolution::Static
+        && new.resolution == Resolution::Static
+        && old.hostname == new.hostname
+        && old.namespace == new.namespace
+        && old.name == new.name
+        && old.ports == new.ports
+        && old.addresses == new.addresses
+        && old.location == new.location
+        && old.exported == new.exported
+        && old.export_to == new.export_to
+        && old.sources == new.sources
+        && identities(old) == identities(new)
 }
 
 /// Whether any traffic policy of `dr` (top level, port level, subsets) sets `failoverPriority`.

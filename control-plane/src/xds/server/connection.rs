@@ -1,9 +1,15 @@
 //! The protocol state of one stream: subscriptions, ACKs and NACKs, and
 //! pushes; published to the server's status view after every change.
+//!
+//! A push asks the new state what changed since the stream's state
+//! ([`ConfigState::changes_since`](crate::xds::ConfigState::changes_since)):
+//! nothing; endpoints only (then only the changed assignments the proxy
+//! subscribed to go out, as a partial EDS response); or anything (then every
+//! subscribed type is regenerated and sent if its digest changed).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -13,20 +19,27 @@ use tracing::{debug, info, trace, warn};
 
 use super::debounce::{Update, same_state};
 use super::metrics::short_type;
-use super::push::{Step, make_before_break, version_info};
+use super::names::Names;
+use super::push::{Digest, Step, make_before_break, version_info};
 use super::status::{NackStatus, ProxySyncStatus, TypeSyncStatus, View};
 use super::stream::{End, ResponseTx};
-use super::{Inner, lock};
-use crate::xds::{CLUSTER, GenerateError, PUSH_ORDER, ProxyInfo, XdsResource, is_wildcard_type};
+use super::{Inner, RESPONSE_BUFFER, lock};
+use crate::xds::{
+    CLUSTER, Changes, ENDPOINT, GenerateError, PUSH_ORDER, ProxyInfo, SharedResource, SharedState,
+    is_wildcard_type,
+};
 
 /// Identifies this control plane in every response.
 const CONTROL_PLANE_ID: &str = "isthmus";
 /// Pushes awaiting ACKs kept per stream for the convergence metric.
 const MAX_PENDING_PUSHES: usize = 16;
+/// How long a push waits for a proxy to take its responses before it lets
+/// the next stream push (see [`Connection::send`]).
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// Protocol state of one subscribed type.
 struct TypeState {
-    names: BTreeSet<String>,
+    names: Names,
     sent: Option<Sent>,
     acked: Option<String>,
     nack: Option<NackStatus>,
@@ -36,8 +49,11 @@ struct TypeState {
 struct Sent {
     version: String,
     nonce: String,
-    hash: u64,
-    resources: Arc<Vec<XdsResource>>,
+    /// Of everything the proxy has of this type.
+    digest: Digest,
+    /// The clusters (CDS only: make before break needs the old ones); other
+    /// types keep no resources, a config dump regenerates them.
+    clusters: Option<Vec<Arc<SharedResource>>>,
 }
 
 /// A push whose types the proxy has not all ACKed yet.
@@ -78,6 +94,8 @@ impl Connection {
                 connected_since: SystemTime::now(),
                 types: BTreeMap::new(),
             },
+            proxy: proxy.clone(),
+            state: current.state.clone(),
             sent: BTreeMap::new(),
         });
         inner.metrics.connected().inc();
@@ -101,10 +119,11 @@ impl Connection {
                 "DiscoveryRequest without type_url",
             )));
         }
-        let names: BTreeSet<String> = if is_wildcard_type(&type_url) {
-            BTreeSet::new()
-        } else {
-            request.resource_names.into_iter().collect()
+        let names = match self.types.get(&type_url) {
+            _ if is_wildcard_type(&type_url) => Names::default(),
+            // An ACK: usually the same names (no set built).
+            Some(state) if state.names.same_as(&request.resource_names) => state.names.clone(),
+            _ => self.inner.names.intern(request.resource_names),
         };
         let respond = match self.types.get_mut(&type_url) {
             None => {
@@ -142,8 +161,12 @@ impl Connection {
                 }
             }
         };
-        if respond && let Some(step) = self.generate(&type_url) {
-            self.send(step).await?;
+        if respond {
+            let _permit = self.inner.throttle.clone().acquire_owned().await;
+            if let Some(step) = self.generate(&type_url) {
+                self.send(step).await?;
+                self.drained().await;
+            }
         }
         self.publish(&type_url);
         Ok(())
@@ -193,8 +216,8 @@ impl Connection {
             .retain(|push| !push.awaiting.contains(type_url));
     }
 
-    /// Regenerates every subscribed type from `update` and sends those whose
-    /// content changed, make before break.
+    /// Sends what changed for this proxy between the stream's state and
+    /// `update`'s, make before break.
     pub(super) async fn push(&mut self, update: Arc<Update>) -> Result<(), End> {
         let started = Instant::now();
         let (version, current) = (update.state.version(), self.current.state.version());
@@ -202,31 +225,29 @@ impl Connection {
             trace!(version, current, "update not newer than the stream's state");
             return Ok(());
         }
-        self.current = update;
-        let mut changed = Vec::new();
-        for type_url in self.push_order() {
-            if let Some(step) = self.generate(&type_url) {
-                let unchanged = self
-                    .types
-                    .get(&type_url)
-                    .and_then(|t| t.sent.as_ref())
-                    .is_some_and(|s| s.hash == step.hash);
-                if !unchanged {
-                    changed.push(step);
-                }
+        let changes = update.state.changes_since(current);
+        let previous = std::mem::replace(&mut self.current, update);
+        let changed = match changes {
+            Changes::None => Vec::new(),
+            Changes::Endpoints(scope) if !scope.affects_whole(&self.proxy) => {
+                let _permit = self.inner.throttle.clone().acquire_owned().await;
+                self.changed_endpoints(&previous.state, &scope.clusters)
+                    .into_iter()
+                    .collect()
             }
-            // Generation is CPU work: let other streams run in between.
-            tokio::task::yield_now().await;
-        }
+            Changes::Endpoints(_) | Changes::All => self.changed_types().await,
+        };
         if changed.is_empty() {
             trace!(version, "nothing changed for this proxy");
+            self.publish_state();
             return Ok(());
         }
+        let _permit = self.inner.throttle.clone().acquire_owned().await;
         let sent_clusters = self
             .types
             .get(CLUSTER)
             .and_then(|t| t.sent.as_ref())
-            .map(|s| (s.resources.as_slice(), s.hash));
+            .and_then(|s| Some((s.clusters.as_deref()?, s.digest)));
         let steps = make_before_break(changed, sent_clusters);
         let awaiting: BTreeSet<String> = steps.iter().map(|s| s.type_url.clone()).collect();
         let sent: Vec<&str> = steps.iter().map(|s| short_type(&s.type_url)).collect();
@@ -236,6 +257,7 @@ impl Connection {
             self.send(step).await?;
             self.publish(&type_url);
         }
+        self.drained().await;
         self.inner
             .metrics
             .push_duration()
@@ -250,6 +272,64 @@ impl Connection {
             });
         }
         Ok(())
+    }
+
+    /// Every subscribed type regenerated, those whose content changed.
+    async fn changed_types(&mut self) -> Vec<Step> {
+        let mut changed = Vec::new();
+        for type_url in self.push_order() {
+            let permit = self.inner.throttle.clone().acquire_owned().await;
+            if let Some(step) = self.generate(&type_url) {
+                let unchanged = self
+                    .types
+                    .get(&type_url)
+                    .and_then(|t| t.sent.as_ref())
+                    .is_some_and(|s| s.digest == step.digest);
+                if !unchanged {
+                    changed.push(step);
+                }
+            }
+            drop(permit);
+            // Generation is CPU work: let other streams run in between.
+            tokio::task::yield_now().await;
+        }
+        changed
+    }
+
+    /// The assignments among `clusters` this proxy subscribed to, as one
+    /// partial EDS response, if any of them changed for it. `previous` is
+    /// the state the proxy's assignments came from.
+    fn changed_endpoints(
+        &mut self,
+        previous: &SharedState,
+        clusters: &BTreeSet<String>,
+    ) -> Option<Step> {
+        let state = self.types.get(ENDPOINT)?;
+        let Some(sent) = &state.sent else {
+            // Nothing sent yet (its generation failed): try the whole type.
+            return self.generate(ENDPOINT);
+        };
+        let names: BTreeSet<String> = clusters
+            .iter()
+            .filter(|n| state.names.contains(n))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        let sent_digest = sent.digest;
+        let new = self.generate_names(ENDPOINT, &names)?;
+        let old = previous
+            .generate_shared(&self.proxy, ENDPOINT, &names)
+            .unwrap_or_default();
+        let digest = sent_digest.replace(&old, &new);
+        if digest == sent_digest {
+            return None;
+        }
+        let mut step = Step::new(ENDPOINT, new);
+        step.digest = digest;
+        step.partial = true;
+        Some(step)
     }
 
     /// Subscribed types: those of [`PUSH_ORDER`] in that order, then any
@@ -270,9 +350,24 @@ impl Connection {
     /// Generates a subscribed type from the current state; on error logs
     /// it, counts it, and forgets the subscription if the type is unknown.
     fn generate(&mut self, type_url: &str) -> Option<Step> {
-        let names = &self.types.get(type_url)?.names;
-        match self.current.state.generate(&self.proxy, type_url, names) {
-            Ok(resources) => Some(Step::new(type_url, resources)),
+        let names = self.types.get(type_url)?.names.set.clone();
+        let resources = self.generate_names(type_url, &names)?;
+        Some(Step::new(type_url, resources))
+    }
+
+    /// Generates `names` of a type from the current state (errors as in
+    /// [`generate`](Self::generate)).
+    fn generate_names(
+        &mut self,
+        type_url: &str,
+        names: &BTreeSet<String>,
+    ) -> Option<Vec<Arc<SharedResource>>> {
+        match self
+            .current
+            .state
+            .generate_shared(&self.proxy, type_url, names)
+        {
+            Ok(resources) => Some(resources),
             Err(error) => {
                 self.inner.metrics.push_error(type_url);
                 warn!(type_url, %error, "cannot generate resources; nothing sent for this type");
@@ -285,7 +380,7 @@ impl Connection {
     }
 
     async fn send(&mut self, step: Step) -> Result<(), End> {
-        let version = version_info(self.current.state.version(), step.hash);
+        let version = version_info(self.current.state.version(), step.digest);
         let nonce = self.inner.nonce();
         let response = DiscoveryResponse {
             version_info: version.clone(),
@@ -308,22 +403,33 @@ impl Connection {
             version,
             nonce,
             resources = step.resources.len(),
+            partial = step.partial,
             "sent"
         );
         if let Some(state) = self.types.get_mut(&step.type_url) {
             state.sent = Some(Sent {
                 version,
                 nonce,
-                hash: step.hash,
-                resources: step.resources,
+                digest: step.digest,
+                clusters: (step.type_url == CLUSTER).then_some(step.resources),
             });
         }
         Ok(())
     }
 
+    /// Waits (bounded) until the transport has taken every queued response.
+    ///
+    /// Called while holding a push permit: the responses in flight, each a
+    /// copy of what is shared, are then bounded by the push throttle, not
+    /// by the number of streams (1,000 sidecars reconnecting at once).
+    async fn drained(&self) {
+        let _ = tokio::time::timeout(DRAIN_WAIT, self.tx.reserve_many(RESPONSE_BUFFER)).await;
+    }
+
     /// Copies one type's state to the view read by `sync_status`.
     fn publish(&self, type_url: &str) {
         let mut view = lock(&self.view);
+        view.state = self.current.state.clone();
         match self.types.get(type_url) {
             Some(state) => {
                 view.status.types.insert(
@@ -336,9 +442,9 @@ impl Connection {
                         last_nack: state.nack.clone(),
                     },
                 );
-                if let Some(sent) = &state.sent {
+                if state.sent.is_some() {
                     view.sent
-                        .insert(type_url.to_string(), sent.resources.clone());
+                        .insert(type_url.to_string(), state.names.set.clone());
                 }
             }
             None => {
@@ -346,6 +452,11 @@ impl Connection {
                 view.sent.remove(type_url);
             }
         }
+    }
+
+    /// Copies the stream's state to the view (a push that sent nothing).
+    fn publish_state(&self) {
+        lock(&self.view).state = self.current.state.clone();
     }
 }
 

@@ -1,7 +1,8 @@
 //! Collapses bursts of config changes into one update: the server waits until
-//! the state has been quiet for `debounce`, but never longer than
-//! `max_debounce` after the first change of the burst, then hands the newest
-//! state to every connection.
+//! the state has been quiet for `quiet` (`endpoints_quiet` while everything
+//! the burst changed is endpoints), but never longer than `max` after the
+//! first change of the burst, then hands the newest state to every
+//! connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,27 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::xds::SharedState;
+use crate::xds::{Changes, SharedState};
+
+/// How long to wait.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Debounce {
+    pub(super) quiet: Duration,
+    pub(super) endpoints_quiet: Duration,
+    pub(super) max: Duration,
+}
+
+impl Debounce {
+    /// Both quiet times the same (tests).
+    #[cfg(test)]
+    pub(super) fn uniform(quiet: Duration, max: Duration) -> Self {
+        Self {
+            quiet,
+            endpoints_quiet: quiet,
+            max,
+        }
+    }
+}
 
 /// One debounced configuration update, as every connection sees it.
 #[derive(Clone)]
@@ -39,8 +60,7 @@ pub(super) fn same_state(a: &SharedState, b: &SharedState) -> bool {
 pub(super) async fn run(
     mut source: watch::Receiver<SharedState>,
     updates: watch::Sender<Arc<Update>>,
-    debounce: Duration,
-    max_debounce: Duration,
+    debounce: Debounce,
 ) {
     loop {
         tokio::select! {
@@ -48,10 +68,20 @@ pub(super) async fn run(
             () = updates.closed() => return,
         }
         let first = Instant::now();
-        let deadline = first + max_debounce;
+        let deadline = first + debounce.max;
+        let published = updates.borrow().state.version();
         let mut source_open = true;
         while source_open {
-            let quiet = (Instant::now() + debounce).min(deadline);
+            let endpoints_only = matches!(
+                source.borrow().changes_since(published),
+                Changes::None | Changes::Endpoints(_)
+            );
+            let wait = if endpoints_only {
+                debounce.endpoints_quiet
+            } else {
+                debounce.quiet
+            };
+            let quiet = (Instant::now() + wait).min(deadline);
             tokio::select! {
                 biased;
                 () = sleep_until(quiet) => break,

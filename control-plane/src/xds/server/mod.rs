@@ -22,7 +22,21 @@
 //! - A type the generator does not know or refuses is logged and counted, and
 //!   gets no response; the stream stays up, since Envoy treats a stream error
 //!   as fatal to every type on it.
-//! - A push sends only the types whose content changed for that proxy.
+//! - A push sends only the types whose content changed for that proxy. When
+//!   the state says only endpoints changed (`ConfigState::changes_since`),
+//!   only EDS is considered, and only the changed assignments the proxy
+//!   subscribed to are sent: state-of-the-world EDS and RDS responses need
+//!   not repeat unchanged resources (only LDS and CDS carry the whole set).
+//! - Resources are generated once per state and proxy view and shared
+//!   (`Arc`) by every stream; a stream keeps digests, not copies.
+//! - At most `push_throttle` streams generate and send at once (istiod's
+//!   `PILOT_PUSH_THROTTLE`, 100): a mass reconnect does not hold a
+//!   half-built config per proxy at the same time.
+//! - Endpoint-only bursts are debounced for `endpoint_debounce` (10 ms by
+//!   default) instead of `debounce` (100 ms): an endpoint change is cheap to
+//!   push and its latency is what the mesh feels (a dead endpoint keeps
+//!   getting traffic until then). Any other change in the burst brings the
+//!   full debounce back.
 //! - A new stream starts from the newest state (a fresh proxy has no burst to
 //!   wait out); after that, a stream answers from the newest debounced update
 //!   it has seen and never goes back to an older state version. One push
@@ -31,6 +45,7 @@
 mod connection;
 mod debounce;
 mod metrics;
+mod names;
 mod push;
 mod status;
 mod stream;
@@ -65,6 +80,8 @@ use crate::xds::{SharedState, XdsResource};
 
 /// Responses buffered per stream before a push waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 16;
+/// Default of [`AdsOptions::push_throttle`] (istiod's `PILOT_PUSH_THROTTLE`).
+pub const DEFAULT_PUSH_THROTTLE: usize = 100;
 /// HTTP/2 pings that detect proxies that vanished without closing.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +93,10 @@ pub struct AdsOptions {
     pub debounce: Duration,
     /// Push at the latest this long after the first change of a burst.
     pub max_debounce: Duration,
+    /// Quiet time for a burst that only changed endpoints (EDS).
+    pub endpoint_debounce: Duration,
+    /// Streams generating and sending at the same time.
+    pub push_throttle: usize,
     /// Where the server counts; unregistered by default.
     pub metrics: AdsMetrics,
 }
@@ -85,6 +106,8 @@ impl Default for AdsOptions {
         Self {
             debounce: Duration::from_millis(100),
             max_debounce: Duration::from_secs(1),
+            endpoint_debounce: Duration::from_millis(10),
+            push_throttle: DEFAULT_PUSH_THROTTLE,
             metrics: AdsMetrics::default(),
         }
     }
@@ -119,6 +142,10 @@ struct Inner {
     /// Taken when the first stream starts (inside the runtime).
     debouncer: Mutex<Option<Debouncer>>,
     connections: Connections,
+    /// Subscribed names, shared between streams.
+    names: names::Interner,
+    /// Bounds the streams generating and sending at once.
+    throttle: Arc<tokio::sync::Semaphore>,
     next_connection: AtomicU64,
     next_nonce: AtomicU64,
     /// Cancelled to end every stream (shutdown).
@@ -128,8 +155,7 @@ struct Inner {
 struct Debouncer {
     source: watch::Receiver<SharedState>,
     updates: watch::Sender<Arc<Update>>,
-    debounce: Duration,
-    max_debounce: Duration,
+    debounce: debounce::Debounce,
 }
 
 impl Inner {
@@ -148,8 +174,11 @@ impl AdsServer {
         let debouncer = Debouncer {
             source: state,
             updates: tx,
-            debounce: options.debounce,
-            max_debounce: options.max_debounce.max(options.debounce),
+            debounce: debounce::Debounce {
+                quiet: options.debounce,
+                endpoints_quiet: options.endpoint_debounce.min(options.debounce),
+                max: options.max_debounce.max(options.debounce),
+            },
         };
         Self {
             inner: Arc::new(Inner {
@@ -158,6 +187,8 @@ impl AdsServer {
                 updates: rx,
                 debouncer: Mutex::new(Some(debouncer)),
                 connections: Connections::default(),
+                names: names::Interner::default(),
+                throttle: Arc::new(tokio::sync::Semaphore::new(options.push_throttle.max(1))),
                 next_connection: AtomicU64::new(1),
                 next_nonce: AtomicU64::new(1),
                 close: CancellationToken::new(),
@@ -226,7 +257,7 @@ impl AdsServer {
         if !debounce::same_state(&latest, &d.updates.borrow().state) {
             d.updates.send_replace(Update::initial(latest));
         }
-        tokio::spawn(debounce::run(source, d.updates, d.debounce, d.max_debounce));
+        tokio::spawn(debounce::run(source, d.updates, d.debounce));
     }
 }
 

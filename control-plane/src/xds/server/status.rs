@@ -2,14 +2,16 @@
 //! `/debug/syncz` and `/debug/config_dump`.
 //!
 //! Each connection task owns its protocol state and publishes a copy here
-//! after every change; readers never wait on generation.
+//! after every change; readers never wait on a stream. Streams do not keep
+//! copies of what they sent: a config dump regenerates the sent types from
+//! the stream's state (the same content, shared with every other stream).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::lock;
-use crate::xds::{ProxyRole, XdsResource};
+use crate::xds::{ProxyInfo, ProxyRole, SharedState, XdsResource};
 
 /// One ADS stream: who is connected and how far each type is in sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,14 +56,36 @@ pub struct NackStatus {
 }
 
 /// What a connection publishes.
-#[derive(Debug)]
 pub(super) struct View {
     pub(super) status: ProxySyncStatus,
-    pub(super) sent: BTreeMap<String, Arc<Vec<XdsResource>>>,
+    pub(super) proxy: ProxyInfo,
+    /// The state the stream's responses come from.
+    pub(super) state: SharedState,
+    /// Subscribed names of each type something was sent for.
+    pub(super) sent: BTreeMap<String, Arc<BTreeSet<String>>>,
+}
+
+impl View {
+    /// The resources of every sent type, regenerated.
+    fn dump(&self) -> BTreeMap<String, Vec<XdsResource>> {
+        self.sent
+            .iter()
+            .filter_map(|(type_url, names)| {
+                let resources = self
+                    .state
+                    .generate_shared(&self.proxy, type_url, names)
+                    .ok()?;
+                let mut resources: Vec<XdsResource> =
+                    resources.iter().map(|r| r.to_resource()).collect();
+                resources.sort_by(|a, b| a.name.cmp(&b.name));
+                Some((type_url.clone(), resources))
+            })
+            .collect()
+    }
 }
 
 /// Every live connection's view, by connection id.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Connections {
     views: Mutex<BTreeMap<u64, Arc<Mutex<View>>>>,
 }
@@ -98,20 +122,21 @@ impl Connections {
 
     /// The resources last sent to `proxy_id` on its newest stream.
     pub(super) fn last_sent(&self, proxy_id: &str) -> Option<BTreeMap<String, Vec<XdsResource>>> {
-        self.all()
-            .iter()
-            .filter_map(|v| {
-                let view = lock(v);
-                (view.status.proxy_id == proxy_id).then(|| {
-                    let sent = view
-                        .sent
-                        .iter()
-                        .map(|(t, r)| (t.clone(), r.as_ref().clone()))
-                        .collect();
-                    (view.status.connection, sent)
-                })
-            })
-            .max_by_key(|(connection, _)| *connection)
-            .map(|(_, sent)| sent)
+        let newest = self
+            .all()
+            .into_iter()
+            .filter(|v| lock(v).status.proxy_id == proxy_id)
+            .max_by_key(|v| lock(v).status.connection)?;
+        // Generate outside the lock: the stream publishes through it.
+        let snapshot = {
+            let view = lock(&newest);
+            View {
+                status: view.status.clone(),
+                proxy: view.proxy.clone(),
+                state: view.state.clone(),
+                sent: view.sent.clone(),
+            }
+        };
+        Some(snapshot.dump())
     }
 }

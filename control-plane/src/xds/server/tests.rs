@@ -7,10 +7,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, advance, timeout};
 
 use super::debounce::{self, Update};
-use super::push::{Step, content_hash, make_before_break, version_info};
+use super::push::{Digest, Step, make_before_break, version_info};
 use crate::xds::{
-    CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ROUTE, SharedState,
-    XdsResource,
+    CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ROUTE, SharedResource,
+    SharedState, XdsResource,
 };
 
 struct Version(u64);
@@ -34,14 +34,14 @@ fn state(v: u64) -> SharedState {
     Arc::new(Version(v))
 }
 
-fn res(name: &str, body: &str) -> XdsResource {
-    XdsResource {
+fn res(name: &str, body: &str) -> Arc<SharedResource> {
+    SharedResource::new(XdsResource {
         name: name.into(),
         resource: Any {
             type_url: CLUSTER.into(),
             value: body.as_bytes().to_vec(),
         },
-    }
+    })
 }
 
 fn names(step: &Step) -> Vec<&str> {
@@ -55,8 +55,7 @@ fn debouncer() -> (watch::Sender<SharedState>, watch::Receiver<Arc<Update>>) {
     tokio::spawn(debounce::run(
         src_rx,
         tx,
-        Duration::from_millis(100),
-        Duration::from_secs(1),
+        debounce::Debounce::uniform(Duration::from_millis(100), Duration::from_secs(1)),
     ));
     (src_tx, rx)
 }
@@ -127,21 +126,33 @@ async fn debounce_publishes_last_value_when_source_closes() {
 }
 
 #[test]
-fn content_hash_sees_bodies_and_names_only() {
+fn digest_sees_bodies_and_names_only() {
     let a = Step::new(CLUSTER, vec![res("b", "2"), res("a", "1")]);
     let b = Step::new(ENDPOINT, vec![res("a", "1"), res("b", "2")]);
-    assert_eq!(a.hash, b.hash, "order and type do not matter");
-    assert_ne!(a.hash, content_hash(&[res("a", "1"), res("b", "3")]));
-    assert_ne!(a.hash, content_hash(&[res("a", "1"), res("c", "2")]));
-    assert_ne!(content_hash(&[]), content_hash(&[res("", "")]));
-    let v = version_info(42, a.hash);
+    assert_eq!(a.digest, b.digest, "order and type do not matter");
+    assert_eq!(names(&a), ["a", "b"], "sorted by name");
+    assert_ne!(a.digest, Digest::of(&[res("a", "1"), res("b", "3")]));
+    assert_ne!(a.digest, Digest::of(&[res("a", "1"), res("c", "2")]));
+    assert_ne!(Digest::of(&[]), Digest::of(&[res("", "")]));
+    let v = version_info(42, a.digest);
     assert!(v.starts_with("42-") && v.len() == 15, "{v}");
+}
+
+#[test]
+fn digest_replaces_members() {
+    let before = Digest::of(&[res("a", "1"), res("b", "2"), res("c", "3")]);
+    let after = before.replace(&[res("b", "2")], &[res("b", "9")]);
+    assert_eq!(
+        after,
+        Digest::of(&[res("a", "1"), res("b", "9"), res("c", "3")])
+    );
+    assert_eq!(after.replace(&[res("b", "9")], &[res("b", "2")]), before);
 }
 
 #[test]
 fn removed_cluster_goes_last_after_union() {
     let old = vec![res("a", "1"), res("b", "1")];
-    let old_hash = content_hash(&old);
+    let old_hash = Digest::of(&old);
     let changed = vec![
         Step::new(CLUSTER, vec![res("a", "1"), res("c", "1")]),
         Step::new(ENDPOINT, vec![res("a", "e")]),
@@ -170,7 +181,7 @@ fn union_equal_to_what_the_proxy_has_is_skipped() {
         Step::new(CLUSTER, vec![res("a", "1")]),
         Step::new(LISTENER, vec![res("l", "2")]),
     ];
-    let steps = make_before_break(changed, Some((&old, content_hash(&old))));
+    let steps = make_before_break(changed, Some((&old, Digest::of(&old))));
     let order: Vec<&str> = steps.iter().map(|s| s.type_url.as_str()).collect();
     assert_eq!(order, vec![LISTENER, CLUSTER]);
 }
@@ -178,7 +189,7 @@ fn union_equal_to_what_the_proxy_has_is_skipped() {
 #[test]
 fn no_union_without_removal_or_other_changes() {
     let old = vec![res("a", "1")];
-    let hash = content_hash(&old);
+    let hash = Digest::of(&old);
     let added = vec![
         Step::new(CLUSTER, vec![res("a", "1"), res("b", "1")]),
         Step::new(LISTENER, vec![res("l", "1")]),
@@ -188,4 +199,64 @@ fn no_union_without_removal_or_other_changes() {
     assert_eq!(make_before_break(alone.clone(), Some((&old, hash))), alone);
     let first = vec![Step::new(CLUSTER, vec![]), Step::new(LISTENER, vec![])];
     assert_eq!(make_before_break(first.clone(), None), first);
+}
+
+/// A state whose changes are endpoints only.
+struct Endpoints(u64);
+
+impl ConfigState for Endpoints {
+    fn version(&self) -> u64 {
+        self.0
+    }
+
+    fn generate(
+        &self,
+        _: &ProxyInfo,
+        type_url: &str,
+        _: &BTreeSet<String>,
+    ) -> Result<Vec<XdsResource>, GenerateError> {
+        Err(GenerateError::UnknownType(type_url.into()))
+    }
+
+    fn changes_since(&self, _: u64) -> crate::xds::Changes {
+        crate::xds::Changes::Endpoints(crate::xds::EndpointChanges::default())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoint_only_burst_has_the_short_debounce() {
+    let (src_tx, src_rx) = watch::channel(state(0));
+    let (tx, mut rx) = watch::channel(Update::initial(state(0)));
+    tokio::spawn(debounce::run(
+        src_rx,
+        tx,
+        debounce::Debounce {
+            quiet: Duration::from_millis(100),
+            endpoints_quiet: Duration::from_millis(10),
+            max: Duration::from_secs(1),
+        },
+    ));
+    let start = Instant::now();
+    src_tx.send_replace(Arc::new(Endpoints(1)));
+    let (version, _) = next(&mut rx).await;
+    assert_eq!(version, 1);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(10) && waited < Duration::from_millis(20),
+        "{waited:?}"
+    );
+
+    // Another change joining the burst brings the full debounce back.
+    let start = Instant::now();
+    src_tx.send_replace(Arc::new(Endpoints(2)));
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(5)).await;
+    src_tx.send_replace(state(3));
+    let (version, _) = next(&mut rx).await;
+    assert_eq!(version, 3);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(105) && waited < Duration::from_millis(125),
+        "{waited:?}"
+    );
 }
