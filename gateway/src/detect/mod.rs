@@ -103,24 +103,5 @@ where
 /// Hidden entry points for the fuzz targets (`gateway/fuzz`).
 #[doc(hidden)]
 pub mod internal {
-    use super::{ClientHello, HelloError, Reassembler};
-
-    /// Feeds `data` to a reassembler in pieces cut at `cuts` (positions,
-    /// any order, out-of-range ones ignored), as TCP might deliver it.
-    pub fn parse_in_pieces(
-        data: &[u8],
-        cuts: &[usize],
-        max: usize,
-    ) -> Result<Option<ClientHello>, HelloError> {
-        let mut cuts: Vec<usize> = cuts.iter().copied().filter(|&c| c < data.len()).collect();
-        cuts.sort_unstable();
-        cuts.push(data.len());
-        let mut r = Reassembler::new(max);
-        for end in cuts {
-            if let Some(hello) = r.advance(&data[..end])? {
-                return Ok(Some(hello));
-            }
-        }
-        Ok(None)
-    }
+    pub use super::client_hello::parse_in_pieces;
 }

@@ -300,3 +300,21 @@ async fn a_slow_client_times_out_and_an_early_close_is_reported() {
     .unwrap_err();
     assert!(matches!(err, DetectError::Closed(20)), "{err}");
 }
+
+#[test]
+fn bytes_past_the_limit_never_change_the_answer() {
+    // A ClientHello announcing 500 bytes, 496 of them in two records (510
+    // bytes), then an alert record whose header straddles the 512-byte
+    // limit: whole or cut anywhere, the answer is TooLarge (found by fuzzing).
+    let mut handshake = vec![1, 0, 1, 0xf4];
+    handshake.resize(500, 7);
+    let mut data = records(&handshake, 250);
+    assert_eq!(data.len(), 510);
+    data.extend([21, 3, 3, 0, 2, 1, 0]);
+    let cuts: Vec<usize> = (2..data.len()).step_by(2).collect();
+    assert_eq!(parse_in_pieces(&data, &[], 512), Err(HelloError::TooLarge));
+    assert_eq!(
+        parse_in_pieces(&data, &cuts, 512),
+        Err(HelloError::TooLarge)
+    );
+}
