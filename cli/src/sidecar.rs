@@ -121,7 +121,11 @@ pub(crate) fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         },
         (None, Some(file)) => CertSource::Ca {
             endpoint: control_plane.clone(),
-            token: read(file)?.trim().to_string(),
+            // Re-read before every CSR: projected tokens are rotated by the kubelet.
+            token: {
+                read(file)?;
+                isthmus_sidecar::identity::Token::File(file.clone())
+            },
             validity: args.cert_ttl,
         },
         (None, None) => bail!("give --token-file (certificate from the CA) or --cert-dir"),

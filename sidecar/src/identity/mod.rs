@@ -30,7 +30,7 @@ pub enum CertSource {
         /// gRPC address, e.g. `http://127.0.0.1:15010`.
         endpoint: String,
         /// Bootstrap token (directory mode) or projected service-account token.
-        token: String,
+        token: Token,
         /// Requested lifetime; `None` takes the CA's default (24 h).
         validity: Option<Duration>,
     },
@@ -57,6 +57,43 @@ impl std::fmt::Debug for CertSource {
                 .finish_non_exhaustive(),
             CertSource::Static { .. } => f.write_str("Static"),
         }
+    }
+}
+
+/// The credential sent to the CA.
+#[derive(Clone)]
+pub enum Token {
+    /// A fixed token.
+    Value(String),
+    /// A file read before every request: projected service-account tokens
+    /// expire and the kubelet rewrites the file.
+    File(std::path::PathBuf),
+}
+
+impl Token {
+    fn read(&self) -> Result<String, IdentityError> {
+        match self {
+            Token::Value(v) => Ok(v.clone()),
+            Token::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| IdentityError::TokenFile(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token itself.
+        match self {
+            Token::Value(_) => f.write_str("Token(<value>)"),
+            Token::File(p) => write!(f, "Token(file {})", p.display()),
+        }
+    }
+}
+
+impl From<String> for Token {
+    fn from(v: String) -> Self {
+        Token::Value(v)
     }
 }
 
@@ -94,6 +131,8 @@ pub enum IdentityError {
     },
     #[error("the token is not a valid gRPC header value")]
     Token,
+    #[error("reading the token file {0}")]
+    TokenFile(String),
     #[error("the CA refused the certificate request: {0}")]
     Refused(#[from] tonic::Status),
     #[error("the CA's answer is unusable: {0}")]
@@ -134,6 +173,7 @@ pub async fn fetch(source: &CertSource, generation: u64) -> Result<Credentials, 
                 csr,
                 validity_seconds: validity.map_or(0, |v| v.as_secs().try_into().unwrap_or(0)),
             });
+            let token = token.read()?;
             let bearer = MetadataValue::try_from(format!("Bearer {token}"))
                 .map_err(|_| IdentityError::Token)?;
             request.metadata_mut().insert("authorization", bearer);

@@ -187,7 +187,7 @@ impl Mesh {
             control_plane: format!("http://{}", self.xds),
             cert: spec.cert.clone().unwrap_or_else(|| CertSource::Ca {
                 endpoint: format!("http://{}", self.xds),
-                token: format!("tok-{sa}"),
+                token: format!("tok-{sa}").into(),
                 validity: spec.validity,
             }),
             mode: Mode::Explicit {
