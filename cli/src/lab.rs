@@ -85,6 +85,13 @@ pub(crate) enum LabCommand {
         #[command(flatten)]
         dir: Dir,
     },
+    /// Replace the shared root CA of the running lab without dropping a request.
+    RotateRoot {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: Dir,
+    },
     /// The whole tour: up, a cross-cluster call, a 90/10 canary, a failover drill, down.
     Demo {
         #[arg(long, default_value_t = 10)]
@@ -248,6 +255,24 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
                 Duration::from_secs(5),
             ));
             print_load(&r, json, &mut out)?;
+        }
+        LabCommand::RotateRoot { json, dir } => {
+            let r = runtime()?.block_on(isthmus_lab::rotate::rotate_root(&dir.dir, |m| {
+                if !json {
+                    eprintln!("rotate-root: {m}");
+                }
+            }))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "root rotated in {} ({} steps, {:.1} s); the old root stays trusted until you drop it",
+                    r.clusters.join(", "),
+                    r.restarted.len(),
+                    r.duration_ms as f64 / 1000.0
+                )?;
+            }
         }
         LabCommand::Demo { net_base, dir } => return demo(&dir.dir, net_base, &mut out),
         LabCommand::Supervise { dir } => {

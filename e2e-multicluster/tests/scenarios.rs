@@ -179,6 +179,47 @@ async fn two_cluster_federation() {
         .await
         .unwrap();
 
+    // Root rotation under load: every cluster trusts both roots, then issues
+    // from the next one; no request fails, and calls keep working after.
+    let (_, east_via) = drill::workload(&lab.spec, "east/sleep").unwrap();
+    let (_, west_via) = drill::workload(&lab.spec, "west/sleep").unwrap();
+    drill::canary(lab.dir(), "helloworld.sample", "east=50,west=50", 100)
+        .await
+        .expect("canary");
+    let load_east = tokio::spawn(client::load(
+        east_via,
+        URL,
+        50,
+        Duration::from_secs(25),
+        Duration::from_secs(3),
+    ));
+    let load_west = tokio::spawn(client::load(
+        west_via,
+        URL,
+        50,
+        Duration::from_secs(25),
+        Duration::from_secs(3),
+    ));
+    let rotation = isthmus_lab::rotate::rotate_root(lab.dir(), |m| eprintln!("{m}")).await;
+    let (le, lw) = (load_east.await.unwrap(), load_west.await.unwrap());
+    let rotation = rotation.expect("rotation");
+    eprintln!("rotation: {rotation:?}\neast load: {le:?}\nwest load: {lw:?}");
+    assert!(
+        rotation.duration_ms < 25_000,
+        "rotation outlasted the load: {rotation:?}"
+    );
+    assert_eq!(
+        le.failed + lw.failed,
+        0,
+        "east {:?} / west {:?}",
+        le.failures,
+        lw.failures
+    );
+    assert!(
+        le.by_cluster.len() == 2 && lw.by_cluster.len() == 2,
+        "{le:?} {lw:?}"
+    );
+
     let status = isthmus_lab::lab::status(lab.dir()).unwrap();
     let by_id: BTreeMap<_, _> = status
         .clusters

@@ -19,6 +19,7 @@ pub mod lab;
 pub mod plan;
 pub mod policy;
 pub mod prepare;
+pub mod rotate;
 pub mod state;
 pub mod supervisor;
 

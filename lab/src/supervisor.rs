@@ -34,6 +34,8 @@ struct Proc {
     child: Option<Child>,
     state: ComponentState,
     held: bool,
+    /// Stopped on purpose to be started again at once (not a crash).
+    planned_restart: bool,
     backoff: Duration,
     restart_at: Option<Instant>,
 }
@@ -116,7 +118,10 @@ impl Inner {
                 p.state.pid = None;
                 p.state.last_exit = Some(status.to_string());
                 changed = true;
-                if !p.held && !self.stopping {
+                if p.planned_restart && !self.stopping {
+                    p.planned_restart = false;
+                    p.restart_at = Some(now);
+                } else if !p.held && !self.stopping {
                     p.state.status = Status::Crashed;
                     p.state.restarts += 1;
                     p.restart_at = Some(now + p.backoff);
@@ -169,6 +174,7 @@ pub async fn run(spec: LabSpec, binary: std::path::PathBuf) -> anyhow::Result<()
             component,
             child: None,
             held: false,
+            planned_restart: false,
             backoff: Duration::from_secs(1),
             restart_at: None,
         })
@@ -311,7 +317,7 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// `POST /<action>?id=<cluster>/<component>` with action stop, start,
-/// pause, resume; `POST /shutdown`; `GET /state`.
+/// restart, pause, resume; `POST /shutdown`; `GET /state`.
 fn control(
     shared: &Shared,
     stop: &tokio::sync::watch::Sender<bool>,
@@ -362,6 +368,16 @@ fn control(
             if p.child.is_none() {
                 inner.spawn(i);
             }
+        }
+        "restart" => {
+            // SIGTERM (the component drains), then started again at once.
+            let p = &mut inner.procs[i];
+            let Some(pid) = p.child.as_ref().and_then(Child::id) else {
+                return reply(StatusCode::CONFLICT, format!("{id} is not running\n"));
+            };
+            p.held = false;
+            p.planned_restart = true;
+            crate::state::signal(pid, Signal::SIGTERM);
         }
         "pause" | "resume" => {
             let p = &mut inner.procs[i];

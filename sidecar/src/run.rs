@@ -306,6 +306,7 @@ pub async fn start_with(
     let ready_flag = ready_rx.clone();
     let p_clusters = proxy.clone();
     let p_certs = proxy.clone();
+    let renew = certs.renew_handle();
     let p_status = proxy.clone();
     AdminServer::builder()
         .metrics(registry)
@@ -317,6 +318,14 @@ pub async fn start_with(
         })
         .route("/certs", move |_| {
             admin::json(StatusCode::OK, &certs_json(&p_certs.snapshot()))
+        })
+        .route("/renew", move |req| {
+            if req.method() == http::Method::POST {
+                renew.notify_one();
+                admin::text(StatusCode::OK, "certificate renewal requested\n")
+            } else {
+                admin::text(StatusCode::METHOD_NOT_ALLOWED, "POST /renew\n")
+            }
         })
         .route("/listeners", move |_| {
             admin::json(StatusCode::OK, &listeners_json(&p_status.snapshot()))
@@ -467,6 +476,10 @@ fn certs_json(s: &Snapshot) -> serde_json::Value {
         "not_before_unix": s.credentials.as_ref().map(|c| fmt(c.not_before)),
         "not_after_unix": s.credentials.as_ref().map(|c| fmt(c.not_after)),
         "roots": s.roots.as_ref().map_or(0, isthmus_identity::TrustBundle::len),
+        // The issuing intermediate (DER, hex): which CA signed the leaf in use.
+        "issuer_der_hex": s.credentials.as_ref().and_then(|c| c.cert.chain().get(1)).map(|der| {
+            der.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        }),
     })
 }
 

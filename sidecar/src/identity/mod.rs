@@ -241,12 +241,15 @@ pub fn renewal_delay(creds: &Credentials, now: SystemTime) -> Duration {
 #[derive(Debug)]
 pub struct CertManager {
     rx: watch::Receiver<Option<Arc<Credentials>>>,
+    renew: Arc<tokio::sync::Notify>,
 }
 
 impl CertManager {
     /// Starts renewing in the background until `shutdown`.
     pub fn spawn(source: CertSource, shutdown: CancellationToken) -> Self {
         let (tx, rx) = watch::channel(None);
+        let renew = Arc::new(tokio::sync::Notify::new());
+        let renew_now = renew.clone();
         tokio::spawn(async move {
             let mut generation = 0;
             let mut backoff = Duration::from_secs(1);
@@ -281,10 +284,24 @@ impl CertManager {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}
+                    () = renew_now.notified() => {
+                        tracing::info!("certificate renewal requested");
+                    }
                 }
             }
         });
-        Self { rx }
+        Self { rx, renew }
+    }
+
+    /// Asks for a new certificate now (after a CA rotation); the current one
+    /// keeps serving until it arrives.
+    pub fn renew(&self) {
+        self.renew.notify_one();
+    }
+
+    /// A handle that triggers [`renew`](Self::renew) (for the admin server).
+    pub fn renew_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.renew.clone()
     }
 
     /// The current credentials (`None` until the first certificate).
