@@ -2,6 +2,9 @@
 # Control-plane scale benchmark (issue 3): 1k/10k services (5 endpoints each)
 # × 100/1,000 simulated ADS sidecars, with the default 100 ms debounce and
 # with the debounce off (to show generation and push cost on their own).
+# Endpoint-only changes use the ADS endpoint debounce (10 ms, at most the
+# debounce); pass e.g. XDS_BENCH_ARGS="--endpoint-debounce-ms 100 --push-throttle 50"
+# to try others.
 #
 # Usage: scripts/bench-control-plane.sh [results.jsonl]
 #   QUICK=1            only the 100- and 1k-service cases (about 4 minutes)
@@ -40,7 +43,8 @@ bench=target/release/examples/xds_bench
 
 run() {
   echo "== $*"
-  "$bench" --json-out "$out" --max-server-rss-mib "$max_rss" "$@" ||
+  # shellcheck disable=SC2086 # extra flags split on purpose
+  "$bench" --json-out "$out" --max-server-rss-mib "$max_rss" ${XDS_BENCH_ARGS:-} "$@" ||
     echo "== that case failed (exit $?); going on"
 }
 
