@@ -124,6 +124,9 @@ pub async fn canary(
                 || r.requests < 20)
     })
     .await;
+    // Every control plane pushes within ~100 ms of the write; give the
+    // slowest sidecar a moment so the measurement sees only the new weights.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rps = 200;
     let secs = f64::from(requests) / f64::from(rps);
     Ok(crate::client::load(
