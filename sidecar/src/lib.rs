@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod body;
 pub mod capture;
+pub mod cli;
 pub mod flags;
 pub mod identity;
 pub mod inbound;

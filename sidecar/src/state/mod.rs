@@ -38,6 +38,8 @@ use isthmus_identity::TrustBundle;
 use isthmus_proxy_core::ProxyConfig;
 use isthmus_proxy_core::balance::Balancer;
 use prost::Message;
+use rustls::ClientConfig;
+use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls_pki_types::ServerName;
 
 pub use inbound::{InboundPort, InboundProtocol};
@@ -49,6 +51,8 @@ use crate::upstream::{MeshTls, Pool, PoolSettings};
 
 /// SDS name of the trust bundle.
 pub const ROOT_CA: &str = "ROOTCA";
+/// TLS sessions remembered for resumption (rustls: 8 tickets per server).
+const SESSION_CACHE: usize = 1024;
 /// ALPN the sidecar offers on mesh mTLS hops (HTTP/2 between sidecars).
 const MESH_ALPN: &[&[u8]] = &[b"h2", b"istio"];
 
@@ -151,22 +155,21 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Builder {
     clusters: HashMap<String, Arc<ClusterState>>,
-    routes: HashMap<
-        String,
-        (
-            Arc<RouteTable>,
-            Arc<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>,
-        ),
-    >,
+    /// The last route tables that compiled, by name.
+    routes: HashMap<String, Arc<RouteTable>>,
     /// Local application address override for inbound clusters (explicit mode).
     app_ip: Option<IpAddr>,
     /// The inputs of the previous build: a cluster whose inputs did not
     /// change keeps its state untouched (no balancer rebuild, same pool).
     previous: Option<(Arc<ProxyConfig>, Option<Arc<Credentials>>)>,
-    /// Mesh TLS client configs by (SNI, expected SPIFFE IDs), valid for the
-    /// previous build's certificate and roots: one config (and so one pool,
-    /// with its connections and TLS sessions) survives config pushes.
-    tls: HashMap<(String, Vec<SpiffeId>), MeshTls>,
+    /// Mesh TLS client configs (h2, http/1.1) by expected SPIFFE IDs, valid
+    /// for the previous build's certificate and roots: a config (and so a
+    /// pool, with its connections) survives config pushes, and the clusters
+    /// of one service share it.
+    tls: HashMap<Vec<SpiffeId>, (Arc<ClientConfig>, Arc<ClientConfig>)>,
+    /// TLS session tickets of every cluster, by server name (SNI): one store
+    /// instead of rustls's default one per config.
+    sessions: Option<Arc<ClientSessionMemoryCache>>,
     /// The last inbound ports that compiled.
     inbound: BTreeMap<u16, Arc<InboundPort>>,
 }
@@ -194,26 +197,30 @@ impl Builder {
                 }
         });
         if !same_identity {
+            // New certificate or roots: no session or config of the old ones.
             self.tls.clear();
+            self.sessions = None;
         }
 
         // Routes: reuse the compiled table when the configuration is unchanged.
         let mut routes = HashMap::new();
         for (name, rc) in &config.routes {
+            let unchanged = previous
+                .as_ref()
+                .is_some_and(|(old, _)| old.routes.get(name) == Some(rc));
             match self.routes.get(name) {
-                Some((table, old)) if **old == *rc => {
+                Some(table) if unchanged => {
                     routes.insert(name.clone(), table.clone());
                 }
                 _ => match RouteTable::compile(rc) {
                     Ok(t) => {
                         let t = Arc::new(t);
-                        self.routes
-                            .insert(name.clone(), (t.clone(), Arc::new(rc.clone())));
+                        self.routes.insert(name.clone(), t.clone());
                         routes.insert(name.clone(), t);
                     }
                     Err(e) => {
                         errors.push(format!("RouteConfiguration {name}: {e}"));
-                        if let Some((t, _)) = self.routes.get(name) {
+                        if let Some(t) = self.routes.get(name) {
                             routes.insert(name.clone(), t.clone());
                         }
                     }
@@ -343,33 +350,37 @@ impl Builder {
         let tls = upstream_tls(c)?;
         let mtls = tls.is_some();
         let http2 = mtls || is_http2(c)?;
-        let tls = match tls {
-            None => None,
-            Some((sni, sans)) => match (creds, roots) {
-                (Some(_), Some(_)) if self.tls.contains_key(&(sni.clone(), sans.clone())) => {
-                    self.tls.get(&(sni, sans)).cloned()
-                }
-                (Some(creds), Some(roots)) => {
-                    let key = (sni.clone(), sans.clone());
-                    let mut h2 = isthmus_identity::tls::client_config(&creds.cert, roots, sans)
-                        .map_err(|e| format!("transport_socket: {e}"))?;
-                    let mut http1 = h2.clone();
-                    h2.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
-                    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-                    let sni = ServerName::try_from(sni.clone())
-                        .map_err(|e| format!("transport_socket.sni {sni:?}: {e}"))?;
-                    let tls = MeshTls {
-                        h2: Arc::new(h2),
-                        http1: Arc::new(http1),
-                        sni,
-                    };
-                    self.tls.insert(key, tls.clone());
-                    Some(tls)
-                }
-                // Without a certificate yet the cluster cannot connect; it
-                // appears with the first certificate (readiness waits for it).
-                _ => return Ok(None),
-            },
+        let tls = match (tls, creds, roots) {
+            (None, _, _) => None,
+            (Some((sni, sans)), Some(creds), Some(roots)) => {
+                let sni = ServerName::try_from(sni.clone())
+                    .map_err(|e| format!("transport_socket.sni {sni:?}: {e}"))?;
+                let (h2, http1) = match self.tls.get(&sans) {
+                    Some(configs) => configs.clone(),
+                    None => {
+                        let sessions = self
+                            .sessions
+                            .get_or_insert_with(|| {
+                                Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE))
+                            })
+                            .clone();
+                        let mut h2 =
+                            isthmus_identity::tls::client_config(&creds.cert, roots, sans.clone())
+                                .map_err(|e| format!("transport_socket: {e}"))?;
+                        h2.resumption = Resumption::store(sessions.clone());
+                        let mut http1 = h2.clone();
+                        h2.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
+                        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                        let configs = (Arc::new(h2), Arc::new(http1));
+                        self.tls.insert(sans, configs.clone());
+                        configs
+                    }
+                };
+                Some(MeshTls { h2, http1, sni })
+            }
+            // Without a certificate yet the cluster cannot connect; it
+            // appears with the first certificate (readiness waits for it).
+            (Some(_), _, _) => return Ok(None),
         };
         let balancer = match self.clusters.get(&c.name) {
             Some(s) => {
