@@ -281,6 +281,7 @@ pub async fn start_with(
     tracing::info!(cluster = %options.cluster, trust_domain = %ca.trust_domain(), xds = %bound.xds, debug = %bound.debug, "control plane listening");
 
     let source_task = tokio::spawn(source.run(store.clone(), shutdown.clone()));
+    let synced = wait_synced(store.clone(), published.push.clone());
     let debug_state = DebugState {
         store: store.clone(),
         ads: ads.clone(),
@@ -294,6 +295,13 @@ pub async fn start_with(
         let shutdown = shutdown.clone();
         let grace = options.drain_grace;
         async move {
+            // Proxies that connect now wait in the accept queue until every
+            // source has loaded once: a partial mesh would make them drop
+            // routes and clusters they have (istiod waits for its caches too).
+            tokio::select! {
+                () = synced => {}
+                () = shutdown.cancelled() => {}
+            }
             let incoming = TcpIncoming::from(xds_listener).with_nodelay(Some(true));
             let service = ads.service();
             let signal = async move {
@@ -321,4 +329,28 @@ pub async fn start_with(
         grpc_result.map_err(RunError::Grpc)
     };
     Ok((bound, run))
+}
+
+/// Resolves once the store is synced (every source loaded once) and the
+/// published push context was built from a synced snapshot. Logs while it waits.
+async fn wait_synced(
+    store: Store,
+    push: tokio::sync::watch::Receiver<Arc<crate::xds::generate::PushContext>>,
+) {
+    let started = std::time::Instant::now();
+    let mut warned = Duration::ZERO;
+    loop {
+        let snapshot = store.snapshot();
+        if snapshot.is_synced() && push.borrow().version >= snapshot.version() {
+            if started.elapsed() > Duration::from_secs(1) {
+                tracing::info!(after = ?started.elapsed(), "config synced; serving xDS");
+            }
+            return;
+        }
+        if started.elapsed() >= warned + Duration::from_secs(10) {
+            warned = started.elapsed();
+            tracing::warn!(waited = ?warned, "config sources not synced yet; xDS waits (proxies keep their last config)");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
