@@ -16,6 +16,8 @@
 # Usage: scripts/bench-sidecar.sh [results.md]
 #   SECONDS_FIXED=20 SECONDS_MAX=10 RATE=1000 CONNECTIONS=16 SERVICES=100
 #   CONCURRENCY=2 (sidecar worker threads)  BUILD=0 (use the binaries already built)
+#   PROFILE=1 (perf record both sidecars during the mesh max-throughput run,
+#              into perf-client.data / perf-server.data next to the results)
 # Installs nginx, wrk and nghttp2-client with apt when missing. Runs about
 # 3 minutes after the release build. Not part of CI.
 set -euo pipefail
@@ -252,6 +254,14 @@ for path in direct mesh nginx; do
     cpu_server=$(per_krps $(($(cpu_of "$server_pid") - server_before)))
   fi
   echo "== $path: max throughput (wrk, $conns connections, 2 threads, ${max_secs}s)"
+  if [[ -n ${PROFILE:-} && $path == mesh ]]; then
+    # perf profiles of both sidecars during the max-throughput run.
+    for who in client server; do
+      pid_var=${who}_pid
+      perf record -F 999 -g -o "$(dirname "$out")/perf-$who.data" -p "${!pid_var}" \
+        -- sleep "$max_secs" >/dev/null 2>&1 &
+    done
+  fi
   max[$path]=$(wrk -t2 -c"$conns" -d"${max_secs}s" --latency -H "Host: ${hdr[$path]}" "${url[$path]}")
   echo "${max[$path]}" | grep -E 'Requests/sec|Latency|50%|90%|99%|Socket errors|Non-2xx' || true
   # shellcheck disable=SC2086

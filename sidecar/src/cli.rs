@@ -72,7 +72,8 @@ pub struct SidecarArgs {
     /// Log one JSON line per request.
     #[arg(long)]
     pub access_log: bool,
-    /// Worker threads of the data plane (Envoy's `--concurrency`; Istio runs 2).
+    /// Worker threads of the data plane (Envoy's `--concurrency`; Istio runs
+    /// 2); 1 runs everything on the main thread.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
 }

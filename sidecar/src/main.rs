@@ -36,10 +36,18 @@ fn main() -> ExitCode {
 
 fn run(args: &SidecarArgs) -> anyhow::Result<()> {
     let options = args.options()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.concurrency.max(1))
-        .enable_all()
-        .build()?;
+    // One worker: everything on this thread, no work stealing or wakeups
+    // across threads (the admin server keeps its own thread either way).
+    let rt = if args.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.concurrency)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let running = isthmus_sidecar::run::start(options, shutdown.clone()).await?;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -104,6 +104,27 @@ impl UpstreamError {
 struct Shared<S> {
     sender: S,
     uses: AtomicU32,
+    /// Requests waiting for their response head on this connection.
+    in_flight: AtomicUsize,
+}
+
+/// One shared HTTP/2 connection.
+type H2 = Arc<Shared<http2::SendRequest<Body>>>;
+
+/// Counts a request on a connection until dropped (also when cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Idle HTTP/1.1 senders per endpoint, with the requests each has carried.
@@ -112,7 +133,7 @@ type IdleH1 = Arc<Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Body>, u32)>
 /// Connections of one cluster, by endpoint.
 pub struct Pool {
     settings: PoolSettings,
-    h2: Mutex<HashMap<SocketAddr, Arc<Shared<http2::SendRequest<Body>>>>>,
+    h2: Mutex<HashMap<SocketAddr, Vec<H2>>>,
     h1: IdleH1,
 }
 
@@ -124,6 +145,13 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Most HTTP/2 connections per endpoint. One connection is one task on one
+/// worker thread at each end (and one TLS session): under load a few let
+/// both sidecars' workers share the work, as Envoy's connection per worker.
+const H2_MAX_CONNECTIONS: usize = 4;
+/// Requests in flight on the least busy HTTP/2 connection before another
+/// one is opened (up to [`H2_MAX_CONNECTIONS`]).
+const H2_BUSY_STREAMS: usize = 4;
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1: usize = 64;
 /// How often a pending request looks for a free connection.
@@ -166,43 +194,9 @@ impl Pool {
         req: Request<Body>,
         balancer: &Balancer,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = {
-            let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            match map.get(&addr) {
-                Some(s) if s.sender.is_closed() => {
-                    map.remove(&addr);
-                    None
-                }
-                Some(s) => Some(s.clone()),
-                None => None,
-            }
-        };
-        let shared = match existing {
+        let shared = match self.pick_h2(addr) {
             Some(s) => s,
-            None => {
-                let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
-                let io = self.connect(addr, permit).await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|source| UpstreamError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-                    }
-                });
-                let shared = Arc::new(Shared {
-                    sender,
-                    uses: AtomicU32::new(0),
-                });
-                self.h2
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(addr, shared.clone());
-                shared
-            }
+            None => self.handshake_h2(addr, balancer).await?,
         };
         let uses = shared.uses.fetch_add(1, Ordering::Relaxed) + 1;
         if self
@@ -212,15 +206,60 @@ impl Pool {
         {
             // Last request on this connection: new requests open another.
             let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            if map.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
-                map.remove(&addr);
+            if let Some(list) = map.get_mut(&addr) {
+                list.retain(|s| !Arc::ptr_eq(s, &shared));
             }
         }
         let mut sender = shared.sender.clone();
+        let _in_flight = InFlight::new(&shared.in_flight);
         sender
             .send_request(req)
             .await
             .map_err(|source| UpstreamError::Request { addr, source })
+    }
+
+    /// The least busy open HTTP/2 connection to `addr`, unless all are busy
+    /// and another may be opened (`None`: open one).
+    fn pick_h2(&self, addr: SocketAddr) -> Option<H2> {
+        let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = map.get_mut(&addr)?;
+        list.retain(|s| !s.sender.is_closed());
+        let best = list
+            .iter()
+            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed))?;
+        let busy = best.in_flight.load(Ordering::Relaxed) >= H2_BUSY_STREAMS;
+        (!busy || list.len() >= H2_MAX_CONNECTIONS).then(|| best.clone())
+    }
+
+    async fn handshake_h2(
+        &self,
+        addr: SocketAddr,
+        balancer: &Balancer,
+    ) -> Result<H2, UpstreamError> {
+        let permit = balancer.try_connection().ok_or(UpstreamError::Overflow)?;
+        let io = self.connect(addr, permit).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let shared = Arc::new(Shared {
+            sender,
+            uses: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+        });
+        let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = map.entry(addr).or_default();
+        if list.len() < H2_MAX_CONNECTIONS {
+            list.push(shared.clone());
+        }
+        Ok(shared)
     }
 
     async fn send_h1(
