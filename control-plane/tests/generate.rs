@@ -168,6 +168,7 @@ spec:
   - name: v1
     labels: {version: v1}
     trafficPolicy:
+      connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}
       loadBalancer:
         consistentHash: {httpHeaderName: X-User, ringHash: {minimumRingSize: 4096}}
 "#;
@@ -291,7 +292,7 @@ fn fault_injection_and_mirroring_routes() {
 }
 
 #[test]
-fn consistent_hash_makes_ring_hash_clusters_and_route_hash_policies() {
+fn consistent_hash_ring_hash_clusters_route_hash_policies_and_h2_upgrade_policy() {
     let sticky_vs = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -6,10 +6,11 @@
 //!
 //! Open loop, as wrk2: each of `n` keep-alive connections sends its share
 //! of the rate on a fixed schedule. A request's latency runs from when it
-//! was sent, or from when it was *due* if it started more than the timer's
-//! slack (2 ms) late, so a stall counts against every request it delayed
-//! (no coordinated omission) while the millisecond timer's own lateness
-//! does not. The first second is warm-up and not counted. Prints one JSON line.
+//! was *due* if the previous response on its connection came after that
+//! (the system under test held it back: no coordinated omission), else from
+//! when it was sent (tokio's millisecond timer waking this generator late is
+//! not the proxy's latency). The first second is warm-up and not counted.
+//! Prints one JSON line.
 
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-
-/// How late tokio's millisecond timer may wake a task that is on schedule.
-const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 struct Args {
     url: http::Uri,
@@ -86,11 +84,13 @@ async fn connection(
     let mut due = start + interval.mul_f64(index as f64 / args.connections as f64);
     let (mut latencies, mut errors) = (Vec::new(), 0u64);
     let mut sender = None;
+    let mut previous_done = start;
     while due < end {
         tokio::time::sleep_until(due.into()).await;
-        // The timer wakes up to a millisecond late; a start later than that
-        // means this connection fell behind, and the wait counts.
-        let sent_at = if due.elapsed() > TIMER_SLACK {
+        // A request whose predecessor on this connection answered after it
+        // was due waited for the system under test: that wait counts. A late
+        // wake-up of this generator's timer does not.
+        let sent_at = if previous_done > due {
             due
         } else {
             Instant::now()
@@ -126,12 +126,15 @@ async fn connection(
             }
             None => false,
         };
+        previous_done = Instant::now();
         if !ok {
             sender = None;
         }
         if due >= warm_up {
             if ok {
-                let us = sent_at.elapsed().as_micros().min(u128::from(u32::MAX));
+                let us = (previous_done - sent_at)
+                    .as_micros()
+                    .min(u128::from(u32::MAX));
                 latencies.push(us as u32);
             } else {
                 errors += 1;

@@ -331,3 +331,67 @@ async fn the_access_log_writes_one_json_line_per_request() {
     );
     assert_eq!(inb["upstream_host"], "127.0.55.111:5000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upgrade_policy_picks_the_mesh_hop_protocol() {
+    let net = 56;
+    let mesh = Mesh::start(net, &services(net)).await;
+    let _app = App::start(
+        SocketAddr::new(ip(net, 111), 5000),
+        "helloworld-v1",
+        Behavior::Echo,
+    )
+    .await;
+    let (log, mut lines) = AccessLog::channel();
+    let mut spec = Spec::new(
+        "helloworld-v1",
+        "helloworld",
+        11,
+        &[("app", "helloworld"), ("version", "v1")],
+    );
+    spec.hooks.access_log = Some(log);
+    let v1 = mesh.sidecar_with(spec).await;
+    let sleep = mesh
+        .sidecar("sleep", "sleep", 21, &[("app", "sleep")])
+        .await;
+    mesh.wait_config(&v1, |s| s.inbound.contains_key(&5000))
+        .await;
+    let c = client();
+    let hop = |lines: &mut tokio::sync::mpsc::Receiver<String>| {
+        let line = lines.try_recv().expect("an inbound access log line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["protocol"].as_str().unwrap().to_string()
+    };
+    // Default: HTTP/2 between sidecars, whatever the app spoke.
+    assert_eq!(
+        get(&c, sleep.outbound(), HELLO, "/").await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(hop(&mut lines), "HTTP/2");
+    // DO_NOT_UPGRADE keeps the app's HTTP/1.1 on the mTLS hop.
+    mesh.write(
+        "dr.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld, namespace: sample}
+spec:
+  host: helloworld.sample.svc.cluster.local
+  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}
+"#,
+    );
+    mesh.wait_config(&sleep, |s| {
+        s.clusters
+            .get("outbound|5000||helloworld.sample.svc.cluster.local")
+            .is_some_and(|c| !c.pool().settings().http2)
+    })
+    .await;
+    let r = get(&c, sleep.outbound(), HELLO, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let xfcc = r.json()["headers"]["x-forwarded-client-cert"].to_string();
+    assert!(xfcc.contains("sa/sleep"), "still mTLS: {xfcc}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(hop(&mut lines), "HTTP/1.1");
+}

@@ -349,7 +349,9 @@ impl Builder {
         let c = inline.as_ref().unwrap_or(c);
         let tls = upstream_tls(c)?;
         let mtls = tls.is_some();
-        let http2 = mtls || is_http2(c)?;
+        // Explicit protocol options win (h2 ports, `h2UpgradePolicy`);
+        // otherwise HTTP/2 between sidecars, HTTP/1.1 to anything else.
+        let http2 = explicit_http2(c)?.unwrap_or(mtls);
         let tls = match (tls, creds, roots) {
             (None, _, _) => None,
             (Some((sni, sans)), Some(creds), Some(roots)) => {
@@ -526,21 +528,25 @@ fn upstream_tls(c: &Cluster) -> Result<Option<(String, Vec<SpiffeId>)>, String> 
     Ok(Some((ctx.sni, sans)))
 }
 
-/// Whether the cluster asks for HTTP/2 upstream.
-fn is_http2(c: &Cluster) -> Result<bool, String> {
+/// The upstream protocol the cluster asks for: `Some(true)` HTTP/2,
+/// `Some(false)` HTTP/1.1, `None` when it does not say.
+fn explicit_http2(c: &Cluster) -> Result<Option<bool>, String> {
     let Some(any) = c
         .typed_extension_protocol_options
         .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let opts = HttpProtocolOptions::decode(any.value.as_slice())
         .map_err(|e| format!("typed_extension_protocol_options: {e}"))?;
-    Ok(matches!(
-        opts.upstream_protocol_options,
-        Some(UpstreamProtocolOptions::ExplicitHttpConfig(e))
-            if matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
-    ))
+    Ok(match opts.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
+            Some(ProtocolConfig::Http2ProtocolOptions(_)) => Some(true),
+            Some(ProtocolConfig::HttpProtocolOptions(_)) => Some(false),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// Records an outbound listener: HTTP port with RDS, or TCP VIP:port.

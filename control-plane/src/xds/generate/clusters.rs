@@ -21,10 +21,10 @@ use envoy_types::pb::envoy::config::cluster::v3::{
         common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
     },
 };
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, SocketAddress, address, socket_address::PortSpecifier,
 };
+use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
@@ -37,7 +37,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use isthmus_api::naming::{Sni, SpiffeId};
-use isthmus_api::networking::{ClientTlsMode, SimpleLb};
+use isthmus_api::networking::{ClientTlsMode, H2UpgradePolicy, SimpleLb};
 
 use super::{EffectivePolicy, PushContext, cluster_name, duration, resource, tls, u32_value};
 use crate::registry::{MeshLocation, Protocol, Resolution, Service, ServicePort};
@@ -131,8 +131,22 @@ pub fn outbound(
             c.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
-    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
-        c.typed_extension_protocol_options = http2_options();
+    // HTTP/2 ports speak HTTP/2; an HTTP/1.1 port's hop follows
+    // `h2UpgradePolicy` (unset: the proxy's default, HTTP/2 between
+    // sidecars over mesh mTLS, HTTP/1.1 otherwise).
+    let upgrade = policy
+        .connection_pool
+        .and_then(|cp| cp.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy);
+    match (port.protocol, upgrade) {
+        (Protocol::Http2 | Protocol::Grpc, _)
+        | (Protocol::Http, Some(H2UpgradePolicy::Upgrade)) => {
+            c.typed_extension_protocol_options = http2_options();
+        }
+        (Protocol::Http, Some(H2UpgradePolicy::DoNotUpgrade)) => {
+            c.typed_extension_protocol_options = http1_options();
+        }
+        _ => {}
     }
     let mtls = match policy.tls.and_then(|t| t.mode) {
         Some(ClientTlsMode::Disable) => false,
@@ -277,12 +291,25 @@ fn base(name: &str, policy: &EffectivePolicy<'_>) -> Cluster {
 }
 
 fn http2_options() -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    protocol_options(ProtocolConfig::Http2ProtocolOptions(
+        Http2ProtocolOptions::default(),
+    ))
+}
+
+/// HTTP/1.1 upstream, explicitly (`h2UpgradePolicy: DO_NOT_UPGRADE`).
+fn http1_options() -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    protocol_options(ProtocolConfig::HttpProtocolOptions(
+        Http1ProtocolOptions::default(),
+    ))
+}
+
+fn protocol_options(
+    config: ProtocolConfig,
+) -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
     let opts = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
-                )),
+                protocol_config: Some(config),
             },
         )),
         ..HttpProtocolOptions::default()
