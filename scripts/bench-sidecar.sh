@@ -20,6 +20,8 @@
 #   CONCURRENCY=2 (sidecar worker threads)  BUILD=0 (use the binaries already built)
 #   LTO=1 (build isthmus-sidecar with fat LTO and one codegen unit, in
 #          $CARGO_TARGET_DIR/lto: a smaller binary maps less memory; ~10 min)
+#   MESH_HOP=http1 (DestinationRule h2UpgradePolicy: DO_NOT_UPGRADE: HTTP/1.1
+#                   on the mTLS hop instead of the default HTTP/2)
 #   PROFILE=1 (perf record both sidecars during the mesh max-throughput run,
 #              into perf-client.data / perf-server.data next to the results)
 # Installs nginx, wrk and nghttp2-client with apt when missing. Runs about
@@ -169,6 +171,17 @@ kind: WorkloadEntry
 metadata: {name: bench, namespace: sample}
 spec: {address: $net.11, labels: {app: bench}, serviceAccount: bench}
 EOF
+if [[ ${MESH_HOP:-} == http1 ]]; then
+  cat >>"$work/config/bench.yaml" <<EOF
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench, namespace: sample}
+spec:
+  host: $host
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}
+EOF
+fi
 for i in $(seq 1 "$services"); do
   cat <<EOF
 ---
