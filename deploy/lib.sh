@@ -1,9 +1,15 @@
+# shellcheck shell=bash
 # Shared by deploy/kind/up.sh and deploy/k3d/up.sh: two clusters, one image,
 # a shared root CA with one intermediate per cluster, Isthmus installed in
-# both, linked by MeshFederation, the demo deployed, a failover check.
+# both (each install creates its cluster's MeshFederation `mesh`), linked with
+# `isthmus link --context`, the demo deployed, a failover check.
 #
 # Needs: docker, kubectl, kind or k3d, a Rust toolchain (for the host's
 # `isthmus` binary); helm only with ISTHMUS_INSTALLER=helm.
+#
+# The provider script defines create_cluster, load_image, and how the other
+# cluster reaches this one (addresses on the clusters' shared Docker network):
+# gateway_address <c> and federation_address <c>, each printing host:port.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +55,9 @@ install_isthmus() {
     --set "image.repository=${IMAGE%:*}" --set "image.tag=${IMAGE##*:}"
     --set "image.pullPolicy=Never"
     --set "gateway.serviceType=$GATEWAY_SERVICE_TYPE" --set "gateway.nodePort=$GATEWAY_NODE_PORT"
+    # The federation controller and the MeshFederation `mesh` it reads; the
+    # trust domain must be the one of the intermediate in cacerts (make_cas).
+    --set "federation.enabled=true" --set "trustDomain=$c.isthmus.local"
   )
   if [ "$INSTALLER" = helm ]; then
     need helm "https://helm.sh"
@@ -75,6 +84,7 @@ install_isthmus() {
   k "$c" -n isthmus-system rollout status deploy/isthmus-control-plane --timeout=180s
   k "$c" -n isthmus-system rollout status deploy/isthmus-eastwestgateway --timeout=180s
   k "$c" -n isthmus-system rollout status deploy/isthmus-dns --timeout=180s
+  k "$c" -n isthmus-system rollout status deploy/isthmus-federation --timeout=180s
 }
 
 coredns_delegate() {
@@ -91,41 +101,22 @@ $snippet" --dry-run=client -o yaml | k "$c" apply -f -
   fi
 }
 
-# The federation controller is not deployable in Kubernetes yet (no
-# Kubernetes mode); its endpoint is recorded for when it is.
-federation_address() { echo "$(gateway_address "$1" | cut -d: -f1):15021"; }
-
 link_clusters() {
-  step "link east <-> west (MeshFederation)"
-  # `isthmus link --context a --context b` is not built (issue 9 left it to the
-  # federation engineer's `isthmus link`); this writes the same resources.
+  step "link east <-> west (isthmus link --context)"
+  # `isthmus link` reads each cluster's MeshFederation, the root of its cacerts
+  # Secret and, unless told, its gateway/federation Services; the addresses are
+  # given here because what this host sees of a node is not necessarily what
+  # the other cluster dials. It writes each cluster's peer entry into the
+  # other's MeshFederation (a second run changes nothing).
+  local gw_east gw_west fed_east fed_west   # separate assignments: set -e sees failures
+  gw_east=$(gateway_address east); gw_west=$(gateway_address west)
+  fed_east=$(federation_address east); fed_west=$(federation_address west)
+  "$ISTHMUS" link --context "$(ctx east)" --context "$(ctx west)" \
+    --gateway-address "$(ctx east)=$gw_east" --gateway-address "$(ctx west)=$gw_west" \
+    --federation-endpoint "$(ctx east)=$fed_east" --federation-endpoint "$(ctx west)=$fed_west"
   for c in "${CLUSTERS[@]}"; do
-    local peers=""
-    for p in "${CLUSTERS[@]}"; do
-      [ "$p" = "$c" ] && continue
-      peers+="
-  - name: $p
-    federationEndpoint: \"$(federation_address "$p")\"
-    gatewayAddresses: [\"$(gateway_address "$p")\"]
-    network: ${NETWORK[$p]}
-    locality: ${LOCALITY[$p]}
-    trustDomain: $p.isthmus.local"
-    done
-    k "$c" apply -f - <<YAML
-apiVersion: federation.isthmus.io/v1alpha1
-kind: MeshFederation
-metadata:
-  name: mesh
-  namespace: isthmus-system
-spec:
-  local:
-    cluster: $c
-    network: ${NETWORK[$c]}
-    locality: ${LOCALITY[$c]}
-    trustDomain: $c.isthmus.local
-    gatewayAddresses: ["$(gateway_address "$c")"]
-  peers:$peers
-YAML
+    k "$c" -n isthmus-system get meshfederation mesh \
+      -o jsonpath='{.spec.local.cluster}: peers {.spec.peers[*].name}{"\n"}'
   done
 }
 

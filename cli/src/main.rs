@@ -54,6 +54,9 @@ enum Command {
     /// Run this cluster's federation controller (catalog exchange with peers over mTLS).
     Federation(Box<federation::FederationArgs>),
     /// Link two clusters: writes each one's peer entry into the other's MeshFederation.
+    ///
+    /// `isthmus link <a> <b>` for config directories (the lab); `isthmus link --context <a>
+    /// --context <b>` for clusters in Kubernetes (reads their API servers).
     Link(link::LinkArgs),
     /// Show federation peers (ALIVE/DOWN, probe latency, imported/exported, last error).
     Status(link::StatusArgs),

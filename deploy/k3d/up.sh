@@ -5,6 +5,7 @@ PROVIDER=k3d
 CTX_PREFIX=k3d-isthmus
 GATEWAY_SERVICE_TYPE=LoadBalancer   # k3s's servicelb answers on the node address
 GATEWAY_NODE_PORT=0
+# shellcheck source=../lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 create_cluster() {
@@ -16,15 +17,21 @@ create_cluster() {
 
 load_image() { k3d image import "$IMAGE" -c "isthmus-$1"; }
 
-gateway_address() {
-  local ip=""
+# servicelb gives a LoadBalancer Service the node's address on the shared
+# "isthmus-k3d" network, which the other cluster dials. Waits up to 2 minutes.
+lb_address() {
+  local c=$1 svc=$2 port=$3 ip=""
   for _ in $(seq 60); do
-    ip=$(k "$1" -n isthmus-system get svc isthmus-eastwestgateway \
+    ip=$(k "$c" -n isthmus-system get svc "$svc" \
       -o jsonpath='{.status.loadBalancer.ingress[0].ip}' 2>/dev/null || true)
     [ -n "$ip" ] && break
     sleep 2
   done
-  echo "$ip:15443"
+  [ -n "$ip" ] || { echo "$c: Service $svc has no load balancer address after 2 minutes" >&2; return 1; }
+  echo "$ip:$port"
 }
+
+gateway_address() { lb_address "$1" isthmus-eastwestgateway 15443; }
+federation_address() { lb_address "$1" isthmus-federation 15021; }
 
 up
