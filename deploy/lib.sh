@@ -9,7 +9,9 @@
 #
 # The provider script defines create_cluster, load_image, and how the other
 # cluster reaches this one (addresses on the clusters' shared Docker network):
-# gateway_address <c> and federation_address <c>, each printing host:port.
+# gateway_address <c> and federation_address <c>, each printing host:port once
+# Isthmus is installed, and own_gateway_address <c>, the gateway's address as
+# known before the install (for the MeshFederation's spec.local).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +61,12 @@ install_isthmus() {
     # trust domain must be the one of the intermediate in cacerts (make_cas).
     --set "federation.enabled=true" --set "trustDomain=$c.isthmus.local"
   )
+  # The MeshFederation's spec.local.gatewayAddresses (Isthmus rejects a
+  # MeshFederation without one; --set cannot give a list, a values file can).
+  local values="$WORK/$c-values.yaml" gateway
+  gateway=$(own_gateway_address "$c")
+  printf 'federation:\n  gatewayAddresses: ["%s"]\n' "$gateway" > "$values"
+  sets+=(--values "$values")
   if [ "$INSTALLER" = helm ]; then
     need helm "https://helm.sh"
     k "$c" create namespace isthmus-system --dry-run=client -o yaml | k "$c" apply -f -

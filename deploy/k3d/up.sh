@@ -32,6 +32,14 @@ lb_address() {
 }
 
 gateway_address() { lb_address "$1" isthmus-eastwestgateway 15443; }
+# Before the install: servicelb will answer on the (only) server node's address.
+own_gateway_address() {
+  local ip
+  ip=$(docker inspect -f '{{(index .NetworkSettings.Networks "isthmus-k3d").IPAddress}}' \
+    "k3d-isthmus-$1-server-0")
+  [ -n "$ip" ] || { echo "k3d-isthmus-$1-server-0 has no address on isthmus-k3d" >&2; return 1; }
+  echo "$ip:15443"
+}
 federation_address() { lb_address "$1" isthmus-federation 15021; }
 
 up

@@ -27,6 +27,7 @@ node_address() {
 }
 
 gateway_address() { echo "$(node_address "$1"):$GATEWAY_NODE_PORT"; }
+own_gateway_address() { gateway_address "$1"; }
 
 # The federation Service is a NodePort too (it follows gateway.serviceType);
 # Kubernetes picked its node port.
