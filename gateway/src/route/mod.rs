@@ -172,6 +172,7 @@ impl RouteTable {
         let cla = config
             .endpoints
             .get(eds_name)
+            .map(|a| &**a)
             .or(cluster.load_assignment.as_ref());
         let upstream = match previous.upstreams.get(&cluster.name) {
             Some(u) => {

@@ -5,6 +5,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::util::pack_any;
 
+use std::sync::Arc;
+
 use super::*;
 
 fn chain(cluster: &str, names: &[&str]) -> FilterChain {
@@ -31,20 +33,20 @@ fn config(chains: Vec<FilterChain>, default: Option<FilterChain>) -> ProxyConfig
     for ch in &chains {
         c.clusters.insert(
             ch.name.clone(),
-            Cluster {
+            Arc::new(Cluster {
                 name: ch.name.clone(),
                 ..Cluster::default()
-            },
+            }),
         );
     }
     c.listeners.insert(
         "0.0.0.0_15443".into(),
-        Listener {
+        Arc::new(Listener {
             name: "0.0.0.0_15443".into(),
             filter_chains: chains,
             default_filter_chain: default,
             ..Listener::default()
-        },
+        }),
     );
     c
 }
@@ -115,9 +117,7 @@ fn catch_alls_wildcards_and_defaults_are_never_routes() {
         Some(chain("outbound|9|x|db.sample.svc.cluster.local", &[])),
     );
     // A chain whose cluster is missing.
-    c.listeners
-        .get_mut("0.0.0.0_15443")
-        .unwrap()
+    Arc::make_mut(c.listeners.get_mut("0.0.0.0_15443").unwrap())
         .filter_chains
         .push(chain(
             "outbound|7||gone.sample.svc.cluster.local",

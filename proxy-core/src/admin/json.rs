@@ -74,7 +74,7 @@ fn redact(value: &mut Value) {
 /// The whole config: resources per type (in name order) and the accepted
 /// version of each type.
 pub fn config_dump(config: &ProxyConfig) -> Value {
-    let mut secrets: Vec<Value> = config.secrets.values().map(to_json).collect();
+    let mut secrets: Vec<Value> = config.secrets.values().map(|m| to_json(&**m)).collect();
     secrets.iter_mut().for_each(redact);
     let versions: Map<String, Value> = config
         .versions
@@ -83,10 +83,10 @@ pub fn config_dump(config: &ProxyConfig) -> Value {
         .collect();
     json!({
         "versions": versions,
-        "listeners": config.listeners.values().map(to_json).collect::<Vec<_>>(),
-        "routes": config.routes.values().map(to_json).collect::<Vec<_>>(),
-        "clusters": config.clusters.values().map(to_json).collect::<Vec<_>>(),
-        "endpoints": config.endpoints.values().map(to_json).collect::<Vec<_>>(),
+        "listeners": config.listeners.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
+        "routes": config.routes.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
+        "clusters": config.clusters.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
+        "endpoints": config.endpoints.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
         "secrets": secrets,
     })
 }

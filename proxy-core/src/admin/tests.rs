@@ -39,14 +39,14 @@ fn sample_config() -> ProxyConfig {
     let mut config = ProxyConfig::default();
     config.clusters.insert(
         "outbound|5000||a".into(),
-        Cluster {
+        Arc::new(Cluster {
             name: "outbound|5000||a".into(),
             ..Cluster::default()
-        },
+        }),
     );
     config.secrets.insert(
         "key".into(),
-        Secret {
+        Arc::new(Secret {
             name: "key".into(),
             r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
                 private_key: Some(DataSource {
@@ -55,7 +55,7 @@ fn sample_config() -> ProxyConfig {
                 }),
                 ..TlsCertificate::default()
             })),
-        },
+        }),
     );
     config.versions.insert(ResourceType::Cluster, "v7".into());
     config

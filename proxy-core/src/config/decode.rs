@@ -1,6 +1,7 @@
 //! From `Any`s to typed, validated resources keyed by name.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -13,19 +14,21 @@ use prost::Message;
 use super::ResourceType;
 use super::validate::{self, ConfigError};
 
-/// The decoded resources of one response, keyed by name.
+/// The decoded resources of one response, keyed by name. Each resource is
+/// shared (`Arc`) so that the accepted config, the published config and
+/// its consumers hold one copy between them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resources {
     /// CDS: the complete set of clusters.
-    Clusters(BTreeMap<String, Cluster>),
+    Clusters(BTreeMap<String, Arc<Cluster>>),
     /// EDS: assignments by cluster (service) name.
-    Endpoints(BTreeMap<String, ClusterLoadAssignment>),
+    Endpoints(BTreeMap<String, Arc<ClusterLoadAssignment>>),
     /// LDS: the complete set of listeners.
-    Listeners(BTreeMap<String, Listener>),
+    Listeners(BTreeMap<String, Arc<Listener>>),
     /// RDS: route configurations by name.
-    Routes(BTreeMap<String, RouteConfiguration>),
+    Routes(BTreeMap<String, Arc<RouteConfiguration>>),
     /// SDS: secrets by name.
-    Secrets(BTreeMap<String, Secret>),
+    Secrets(BTreeMap<String, Arc<Secret>>),
 }
 
 impl Resources {
@@ -101,7 +104,7 @@ fn decode_all<M: Message + Default>(
     t: ResourceType,
     resources: &[Any],
     check: impl Fn(&M) -> (&String, Result<(), String>),
-) -> Result<BTreeMap<String, M>, ConfigError> {
+) -> Result<BTreeMap<String, Arc<M>>, ConfigError> {
     let mut out = BTreeMap::new();
     for (index, any) in resources.iter().enumerate() {
         if any.type_url != t.type_url() {
@@ -131,7 +134,7 @@ fn decode_all<M: Message + Default>(
         if out.contains_key(&name) {
             return Err(ConfigError::Duplicate { kind: t, name });
         }
-        out.insert(name, message);
+        out.insert(name, Arc::new(message));
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@ pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -104,19 +105,20 @@ impl fmt::Display for ResourceType {
 }
 
 /// Everything a proxy runs on, keyed by resource name. A published value
-/// never changes; a new config is a new value.
+/// never changes; a new config is a new value. Resources are shared between
+/// successive configs (cloning a config copies no resource).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyConfig {
     /// LDS, by listener name.
-    pub listeners: BTreeMap<String, Listener>,
+    pub listeners: BTreeMap<String, Arc<Listener>>,
     /// RDS, by route configuration name.
-    pub routes: BTreeMap<String, RouteConfiguration>,
+    pub routes: BTreeMap<String, Arc<RouteConfiguration>>,
     /// CDS, by cluster name.
-    pub clusters: BTreeMap<String, Cluster>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
     /// EDS, by `cluster_name` (the EDS service name of the cluster).
-    pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    pub endpoints: BTreeMap<String, Arc<ClusterLoadAssignment>>,
     /// SDS, by secret name.
-    pub secrets: BTreeMap<String, Secret>,
+    pub secrets: BTreeMap<String, Arc<Secret>>,
     /// `version_info` of the last accepted response per type; a type is
     /// absent until its first response was accepted.
     pub versions: BTreeMap<ResourceType, String>,
@@ -174,18 +176,18 @@ impl ProxyConfig {
 
     /// Route configurations the listeners' HTTP connection managers load by RDS.
     pub fn route_names(&self) -> BTreeSet<String> {
-        refs::route_names(self.listeners.values())
+        refs::route_names(self.listeners.values().map(|l| &**l))
     }
 
     /// EDS names (service name, else cluster name) of the EDS clusters.
     pub fn endpoint_names(&self) -> BTreeSet<String> {
-        refs::endpoint_names(self.clusters.values())
+        refs::endpoint_names(self.clusters.values().map(|c| &**c))
     }
 
     /// SDS secret names the clusters' and listeners' TLS transport sockets use.
     pub fn secret_names(&self) -> BTreeSet<String> {
-        let mut names = refs::cluster_secret_names(self.clusters.values());
-        names.extend(refs::listener_secret_names(self.listeners.values()));
+        let mut names = refs::cluster_secret_names(self.clusters.values().map(|c| &**c));
+        names.extend(refs::listener_secret_names(self.listeners.values().map(|l| &**l)));
         names
     }
 

@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -360,9 +361,9 @@ fn references_drive_subscriptions() {
             [
                 (
                     "0.0.0.0_80".to_string(),
-                    http_listener("0.0.0.0_80", 80, "80"),
+                    Arc::new(http_listener("0.0.0.0_80", 80, "80")),
                 ),
-                ("virtualInbound".to_string(), inbound),
+                ("virtualInbound".to_string(), Arc::new(inbound)),
             ]
             .into(),
         ),

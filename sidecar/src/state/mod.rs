@@ -387,11 +387,11 @@ impl Builder {
         let balancer = match self.clusters.get(&c.name) {
             Some(s) => {
                 s.balancer
-                    .update(c, assignment.as_ref())
+                    .update(c, assignment.as_deref())
                     .map_err(|e| e.to_string())?;
                 s.balancer.clone()
             }
-            None => Arc::new(Balancer::new(c, assignment.as_ref()).map_err(|e| e.to_string())?),
+            None => Arc::new(Balancer::new(c, assignment.as_deref()).map_err(|e| e.to_string())?),
         };
         let settings = PoolSettings {
             http2,
