@@ -97,15 +97,9 @@ impl AdminState {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
-                exported: p.catalog.as_ref().map_or(0, |c| c.services.len()),
+                exported: p.exported().unwrap_or(0),
                 imported: p.imported,
-                probe_latency_ms: p
-                    .gateways
-                    .iter()
-                    .filter(|g| g.healthy)
-                    .filter_map(|g| g.last_latency)
-                    .min()
-                    .map(|d| d.as_secs_f64() * 1000.0),
+                probe_latency_ms: p.probe_latency().map(|d| d.as_secs_f64() * 1000.0),
                 gateways: p
                     .gateways
                     .iter()
@@ -121,13 +115,7 @@ impl AdminState {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs()),
                 // A dead gateway is the reason when the stream is fine.
-                last_error: p.last_error.clone().or_else(|| {
-                    p.gateways
-                        .iter()
-                        .filter(|g| !g.healthy)
-                        .find_map(|g| g.last_error.clone())
-                        .map(|e| format!("gateway probe: {e}"))
-                }),
+                last_error: p.error(),
                 name: p.name,
             })
             .collect();

@@ -108,15 +108,32 @@ impl Controller {
     }
 }
 
+/// What the importer has done, after each sync: which federation it synced for and how
+/// many imported ServiceEntries are written. The finalizer waits for `(None, 0)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ImportProgress {
+    /// `MeshFederation <ns>/<name>` of the last sync, `None` when none was in effect.
+    pub(crate) federation: Option<String>,
+    pub(crate) written: usize,
+}
+
 /// Peer state or MeshFederation changes → ServiceEntries; a tick catches staleness expiry
-/// and retries failed writes.
+/// and retries failed writes; an imported entry the store shows removed or changed by
+/// someone else is written again.
 pub(crate) async fn import_loop(
     mut importer: Importer,
+    store: Store,
     mut federation: watch::Receiver<Option<Arc<Federation>>>,
     mut peers: watch::Receiver<u64>,
+    progress: watch::Sender<ImportProgress>,
     timings: Timings,
     shutdown: CancellationToken,
 ) {
+    let mut sub = store.subscribe();
+    // The first update is the whole store as it was adopted from.
+    if sub.next().await.is_none() {
+        return;
+    }
     let started = Instant::now();
     let mut tick = tokio::time::interval(
         (timings.staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
@@ -128,11 +145,25 @@ pub(crate) async fn import_loop(
             _ = tick.tick() => {}
             changed = peers.changed() => if changed.is_err() { return },
             changed = federation.changed() => if changed.is_err() { return },
+            update = sub.next() => match update {
+                Some(update) => if !importer.observe(&update.snapshot, Instant::now()) { continue },
+                None => return,
+            },
         }
+        importer.observe(&store.snapshot(), Instant::now());
         let current = federation.borrow_and_update().clone();
         peers.borrow_and_update();
         importer
             .sync(current.as_deref(), started, Instant::now())
             .await;
+        progress.send_if_modified(|p| {
+            let now = ImportProgress {
+                federation: current.as_ref().map(|f| f.source.clone()),
+                written: importer.written(),
+            };
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
     }
 }

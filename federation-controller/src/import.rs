@@ -36,6 +36,9 @@ use crate::state::{self, Connection, State};
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Its value.
 pub const MANAGED_BY: &str = "isthmus-federation";
+/// How long an entry written may be missing from the source before it counts as
+/// removed by someone else (the source's watch lags behind our writes).
+pub const CONFIRM_GRACE: Duration = Duration::from_secs(2);
 /// Label naming the peer an imported ServiceEntry came from.
 pub const PEER_LABEL: &str = "federation.isthmus.io/peer";
 
@@ -199,6 +202,8 @@ pub struct Importer {
     /// Entries found at startup, per peer: kept until the peer's first catalog, or until
     /// the staleness bound if it never comes; unhealthy once the peer is known down.
     recovered: BTreeMap<String, Vec<ServiceEntry>>,
+    /// Entries written but not seen in the source yet, with when they were written.
+    unconfirmed: BTreeMap<ResourceKey, Instant>,
     /// Last catalog (incarnation, version) of each peer whose import delay was measured.
     measured: BTreeMap<String, (String, u64)>,
     labels: LabelAllowList,
@@ -219,6 +224,7 @@ impl Importer {
             writer,
             written: BTreeMap::new(),
             recovered: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
             measured: BTreeMap::new(),
             labels,
             staleness,
@@ -248,6 +254,52 @@ impl Importer {
         }
     }
 
+    /// Forgets written entries that the source shows removed, or changed by someone else
+    /// (their spec, or a label of ours), so that the next [`sync`](Self::sync) writes them
+    /// again. An entry written but not seen in the source yet gets [`CONFIRM_GRACE`]
+    /// (the source's watch may lag behind the write). Returns whether any was forgotten.
+    pub fn observe(&mut self, snapshot: &Snapshot, now: Instant) -> bool {
+        if !snapshot.is_synced() {
+            return false;
+        }
+        let mut drifted = Vec::new();
+        for (key, mine) in &self.written {
+            let intact = match snapshot.get(key).map(|r| &**r) {
+                Some(Resource::ServiceEntry(seen)) => {
+                    let labels = seen.metadata.labels.clone().unwrap_or_default();
+                    seen.spec == mine.spec
+                        && mine
+                            .metadata
+                            .labels
+                            .iter()
+                            .flatten()
+                            .all(|(k, v)| labels.get(k) == Some(v))
+                }
+                _ => false,
+            };
+            if intact {
+                self.unconfirmed.remove(key);
+            } else if self
+                .unconfirmed
+                .get(key)
+                .is_none_or(|at| now.duration_since(*at) > CONFIRM_GRACE)
+            {
+                drifted.push(key.clone());
+            }
+        }
+        for key in &drifted {
+            tracing::info!(entry = %key, "imported ServiceEntry missing or changed in the source; writing it again");
+            self.written.remove(key);
+            self.unconfirmed.remove(key);
+        }
+        !drifted.is_empty()
+    }
+
+    /// How many imported ServiceEntries are written now.
+    pub fn written(&self) -> usize {
+        self.written.len()
+    }
+
     /// Writes what changed; returns how many entries failed to write.
     pub async fn sync(
         &mut self,
@@ -273,6 +325,7 @@ impl Importer {
                 Ok(_) => {
                     tracing::info!(entry = %key, "removed imported ServiceEntry");
                     self.written.remove(&key);
+                    self.unconfirmed.remove(&key);
                 }
                 Err(e) => {
                     failures += 1;
@@ -290,6 +343,7 @@ impl Importer {
             match self.writer.apply(&Resource::ServiceEntry(se.clone())).await {
                 Ok(()) => {
                     tracing::debug!(entry = %key, "wrote imported ServiceEntry");
+                    self.unconfirmed.insert(key.clone(), now);
                     self.written.insert(key, se);
                 }
                 Err(e) => {

@@ -11,6 +11,10 @@
 //! gateway) and as the DNS feed. Peer gateways are probed; a peer that is
 //! down turns unhealthy, then stale, then gone, and never blocks startup.
 //!
+//! Two modes, one controller: directory mode (config and imports in a
+//! directory, the lab's) and Kubernetes mode ([`kubernetes`]: kube-rs
+//! watchers, server-side apply, the MeshFederation's finalizer and status).
+//!
 //! Entry point: [`run::start`] (what `isthmus federation` and the lab call).
 
 #![forbid(unsafe_code)]
@@ -19,6 +23,7 @@ pub mod admin;
 pub mod catalog;
 mod controller;
 pub mod import;
+pub mod kubernetes;
 pub mod mesh;
 pub mod metrics;
 pub mod peer;
@@ -27,4 +32,4 @@ pub mod server;
 pub mod state;
 pub mod tls;
 
-pub use run::{Error, Options, Running, start};
+pub use run::{CaSource, Error, Options, Running, Source, start};

@@ -23,7 +23,9 @@ impl Federation {
     /// Reads the `MeshFederation` of `cluster` from a snapshot.
     ///
     /// Several objects are allowed (e.g. one per cluster in a shared directory); the one
-    /// whose `spec.local.cluster` is `cluster` is used. `Ok(None)` when there is none.
+    /// whose `spec.local.cluster` is `cluster` is used. One being deleted (a
+    /// `deletionTimestamp`, held by our finalizer until its imports are removed) is no
+    /// longer in effect. `Ok(None)` when there is none.
     ///
     /// # Errors
     /// When more than one names `cluster` (the message names both).
@@ -33,7 +35,7 @@ impl Federation {
             let Resource::MeshFederation(mf) = &**r else {
                 continue;
             };
-            if mf.spec.local.cluster != cluster {
+            if mf.spec.local.cluster != cluster || mf.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             if let Some((first, _)) = &found {

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub sync_errors: Family<PeerLabel, Counter>,
     /// From a catalog change in the peer to its ServiceEntries written here, seconds.
     pub import_delay: Family<PeerLabel, Histogram, fn() -> Histogram>,
+    /// Failed reconciles of the MeshFederation (Kubernetes mode: finalizer, cleanup, status).
+    pub reconcile_errors: Counter,
+    /// MeshFederation status writes (Kubernetes mode).
+    pub status_writes: Counter,
 }
 
 impl Metrics {
@@ -62,6 +66,8 @@ impl Metrics {
             refused: Counter::default(),
             sync_errors: Family::default(),
             import_delay: Family::new_with_constructor(histogram),
+            reconcile_errors: Counter::default(),
+            status_writes: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("isthmus_federation");
         r.register(
@@ -104,6 +110,16 @@ impl Metrics {
             "import_delay_seconds",
             "Delay from a peer's export change to its ServiceEntries written here",
             m.import_delay.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed MeshFederation reconciles (finalizer, cleanup, status)",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "status_writes",
+            "MeshFederation status writes",
+            m.status_writes.clone(),
         );
         m
     }

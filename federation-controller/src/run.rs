@@ -1,15 +1,17 @@
 //! Starting and stopping a federation controller. [`start`] loads the
-//! cluster CA and the config directory, binds the federation API (mTLS) and
-//! admin listeners, and returns the bound addresses; cancelling its token
-//! stops every task. Peers being down never delays [`start`] or `/ready`.
+//! cluster CA and the config source (a directory, or the Kubernetes API),
+//! binds the federation API (mTLS) and admin listeners, and returns the
+//! bound addresses; cancelling its token stops every task. Peers being down
+//! never delays [`start`] or `/ready`.
 //!
 //! Tasks, all fed one way:
 //!
 //! ```text
-//! config dir ─► Store ─► controller: MeshFederation ─► peer tasks (stream + probes) ─► State
-//!                             └─► exported catalog ─► federation API ─► peers    │
-//!                                                                  importer ◄────┘
-//!                                                 ServiceEntries ─► <config-dir>/generated/
+//! config dir | kube watchers ─► Store ─► controller: MeshFederation ─► peer tasks (stream + probes) ─► State
+//!                                   └─► exported catalog ─► federation API ─► peers       │
+//!                                                                          importer ◄─────┘
+//!                      ServiceEntries ─► <config-dir>/generated/ | server-side apply
+//! Kubernetes mode: Store + State + importer ─► reconciler ─► MeshFederation finalizer, /status
 //! ```
 
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use isthmus_config::dir::DirectorySource;
-use isthmus_config::{ConfigSource, Store};
+use isthmus_config::{ConfigSource, ConfigWriter, Store};
 use isthmus_identity::ClusterCa;
 use isthmus_proto::federation as proto;
 use isthmus_proto::federation::federation_server::FederationServer;
@@ -32,8 +34,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::catalog::LabelAllowList;
-use crate::controller::{Controller, import_loop, incarnation};
+use crate::controller::{Controller, ImportProgress, import_loop, incarnation};
 use crate::import::Importer;
+use crate::kubernetes::ca::{self, SecretRef};
+use crate::kubernetes::{Kubernetes, reconcile};
 use crate::mesh::Federation;
 use crate::metrics::Metrics;
 use crate::peer::{PeerContext, Peers, Timings};
@@ -50,16 +54,44 @@ pub const DEFAULT_ADMIN_PORT: u16 = 15022;
 /// How long [`start`] waits for the config directory's first load.
 const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Everything a federation controller is told. [`Options::new`] has the defaults.
+/// Where MeshFederation, ServiceExports and workloads are read from, and imported
+/// ServiceEntries written to.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory of YAML (watched); imports go to `<dir>/generated/`.
+    Directory(PathBuf),
+    /// The Kubernetes API (kube-rs watchers); imports are server-side applied.
+    Kubernetes(Kubernetes),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Directory(dir) => format!("directory {}", dir.display()),
+            Source::Kubernetes(_) => "kubernetes".to_owned(),
+        }
+    }
+}
+
+/// Where the cluster CA (this cluster's intermediate under the shared root) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// A `cacerts` directory (`isthmus ca intermediate`), checked for changes every
+    /// [`Options::ca_reload`].
+    Directory(PathBuf),
+    /// `<namespace>/<name>` of a Secret in the `cacerts` layout, watched for changes
+    /// (Kubernetes mode only).
+    Secret(String),
+}
+
+/// Everything a federation controller is told. [`Options::new`] and
+/// [`Options::kubernetes`] have the defaults.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// This cluster's name; the MeshFederation whose `spec.local.cluster` matches is used.
     pub cluster: String,
-    /// Directory mode: MeshFederation, ServiceExports and workloads are read from here;
-    /// imported ServiceEntries are written to `<config_dir>/generated/`.
-    pub config_dir: PathBuf,
-    /// The cluster's `cacerts` directory (intermediate under the shared root).
-    pub ca_dir: PathBuf,
+    pub source: Source,
+    pub ca: CaSource,
     /// The federation API (mTLS). Default: `spec.local.federationListen`, else `0.0.0.0:15021`.
     pub listen: Option<SocketAddr>,
     /// Admin HTTP (`/ready`, `/status`, `/metrics`); none when `None`.
@@ -71,14 +103,15 @@ pub struct Options {
     pub allowed_labels: LabelAllowList,
     /// Lifetime of the controller's own certificate (renewed at half).
     pub cert_ttl: Duration,
-    /// How often the `cacerts` directory is checked for changes (root rotation); `None`
-    /// never reloads.
+    /// How often a `cacerts` directory is checked for changes (root rotation); `None`
+    /// never reloads (a CA Secret is watched, and not reloaded either when `None`).
     pub ca_reload: Option<Duration>,
     /// Where to write every trusted root (ours and peers'), PEM, whenever it changes.
     pub trust_bundle_out: Option<PathBuf>,
 }
 
 impl Options {
+    /// Directory mode: config from `config_dir`, CA from the `cacerts` directory `ca_dir`.
     /// Defaults: listen from the MeshFederation (else `0.0.0.0:15021`), admin on
     /// `0.0.0.0:15022`, domain `cluster.local`, [`Timings::default`], labels `app` and
     /// `version`, 24 h certificates, CA reload every 10 s, no trust bundle file.
@@ -87,10 +120,23 @@ impl Options {
         config_dir: impl Into<PathBuf>,
         ca_dir: impl Into<PathBuf>,
     ) -> Options {
+        Self::with_sources(
+            cluster.into(),
+            Source::Directory(config_dir.into()),
+            CaSource::Directory(ca_dir.into()),
+        )
+    }
+
+    /// Kubernetes mode, with the same defaults as [`Options::new`].
+    pub fn kubernetes(cluster: impl Into<String>, kubernetes: Kubernetes, ca: CaSource) -> Options {
+        Self::with_sources(cluster.into(), Source::Kubernetes(kubernetes), ca)
+    }
+
+    fn with_sources(cluster: String, source: Source, ca: CaSource) -> Options {
         Options {
-            cluster: cluster.into(),
-            config_dir: config_dir.into(),
-            ca_dir: ca_dir.into(),
+            cluster,
+            source,
+            ca,
             listen: None,
             admin: Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT))),
             domain: "cluster.local".into(),
@@ -108,6 +154,12 @@ impl Options {
 pub enum Error {
     #[error("cluster CA: {0}")]
     Ca(#[from] isthmus_identity::LoadError),
+    #[error("{0}")]
+    CaSecret(#[from] ca::SecretError),
+    #[error("a CA Secret ({0}) is read through the Kubernetes API: it needs the Kubernetes source")]
+    CaSecretWithoutKubernetes(String),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
     #[error("federation identity: {0}")]
     Tls(#[from] isthmus_identity::tls::TlsError),
     #[error("binding {what} on {addr}: {source}")]
@@ -117,8 +169,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("config directory {}: {reason}", dir.display())]
-    Config { dir: PathBuf, reason: String },
+    #[error("config source {origin}: {reason}")]
+    Config { origin: String, reason: String },
     #[error("federation API server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("federation controller task failed: {0}")]
@@ -157,25 +209,46 @@ impl Running {
 /// when `shutdown` is cancelled.
 ///
 /// # Errors
-/// If the CA directory is unusable, the config directory cannot be read or holds two
-/// MeshFederations for this cluster, or a listener cannot be bound.
+/// If the CA (directory or Secret) is unusable, the config source cannot be read or holds
+/// two MeshFederations for this cluster, or a listener cannot be bound.
 pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Running, Error> {
-    let ca = Arc::new(ClusterCa::load(&options.ca_dir)?);
-    let tls = Tls::new(ca, options.cert_ttl)?;
+    let store = Store::new();
+    let (source, writer, client): (Box<dyn ConfigSource>, Arc<dyn ConfigWriter>, _) =
+        match &options.source {
+            Source::Kubernetes(k) => {
+                let client = k.client().await?;
+                let (source, writer) = k.source(client.clone());
+                (source, writer, Some(client))
+            }
+            Source::Directory(dir) => {
+                let source = DirectorySource::new(dir).with_store(store.clone());
+                let writer = source.writer();
+                (Box::new(source), writer, None)
+            }
+        };
+    let (ca, ca_watch) = match (&options.ca, &client) {
+        (CaSource::Directory(dir), _) => (ClusterCa::load(dir)?, CaWatch::Directory(dir.clone())),
+        (CaSource::Secret(secret), Some(client)) => {
+            let secret: SecretRef = secret.parse()?;
+            let (ca, pems) = ca::load(client.clone(), &secret).await?;
+            (ca, CaWatch::Secret(client.clone(), secret, Box::new(pems)))
+        }
+        (CaSource::Secret(secret), None) => {
+            return Err(Error::CaSecretWithoutKubernetes(secret.clone()));
+        }
+    };
+    let tls = Tls::new(Arc::new(ca), options.cert_ttl)?;
     let config_error = |reason: String| Error::Config {
-        dir: options.config_dir.clone(),
+        origin: options.source.describe(),
         reason,
     };
     let tracker = TaskTracker::new();
-    let store = Store::new();
-    let source = DirectorySource::new(&options.config_dir).with_store(store.clone());
-    let writer = source.writer();
     {
         let (store, token) = (store.clone(), shutdown.child_token());
-        let dir = options.config_dir.clone();
+        let name = options.source.describe();
         tracker.spawn(async move {
-            if let Err(e) = Box::new(source).run(store, token).await {
-                tracing::error!(dir = %dir.display(), error = %e, "config source stopped");
+            if let Err(e) = source.run(store, token).await {
+                tracing::error!(source = %name, error = %e, "config source stopped");
             }
         });
     }
@@ -298,26 +371,54 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         tls: tls.clone(),
         catalog: catalog_tx,
         federation: federation_tx,
-        metrics,
+        metrics: metrics.clone(),
         roots_changed: roots_tx,
     };
     tracker.spawn(controller.run(peers, shutdown.clone()));
+    let (progress_tx, progress_rx) = watch::channel(ImportProgress::default());
     tracker.spawn(import_loop(
         importer,
+        store.clone(),
         federation_rx,
         state.subscribe(),
+        progress_tx,
         options.timings,
         shutdown.clone(),
     ));
+    if let Some(client) = &client {
+        let ctx = reconcile::Context::new(
+            client.clone(),
+            options.cluster.clone(),
+            store.clone(),
+            state.clone(),
+            writer.clone(),
+            metrics.clone(),
+            progress_rx,
+        );
+        tracker.spawn(reconcile::run(Arc::new(ctx), shutdown.clone()));
+    }
     tracker.spawn(renew_loop(tls.clone(), shutdown.clone()));
-    if let Some(every) = options.ca_reload {
-        tracker.spawn(ca_reload_loop(
-            options.ca_dir.clone(),
-            every,
-            tls.clone(),
-            roots_tx_reload,
-            shutdown.clone(),
-        ));
+    match (ca_watch, options.ca_reload) {
+        (_, None) => {}
+        (CaWatch::Directory(dir), Some(every)) => {
+            tracker.spawn(ca_reload_loop(
+                dir,
+                every,
+                tls.clone(),
+                roots_tx_reload,
+                shutdown.clone(),
+            ));
+        }
+        (CaWatch::Secret(client, secret, pems), Some(_)) => {
+            tracker.spawn(ca::reload_loop(
+                client,
+                secret,
+                *pems,
+                tls.clone(),
+                roots_tx_reload,
+                shutdown.clone(),
+            ));
+        }
     }
     if let Some(path) = options.trust_bundle_out.clone() {
         tracker.spawn(trust_bundle_loop(
@@ -342,6 +443,12 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         admin_state,
         task,
     })
+}
+
+/// How the loaded CA is kept current.
+enum CaWatch {
+    Directory(PathBuf),
+    Secret(kube::Client, SecretRef, Box<ca::Pems>),
 }
 
 async fn wait_synced(store: &Store) -> Result<(), String> {

@@ -93,6 +93,31 @@ impl Peer {
         self.connection != Connection::Down
             && (self.gateways.is_empty() || self.gateways.iter().any(|g| g.healthy))
     }
+
+    /// Lowest latency of the healthy gateways' last probes.
+    pub fn probe_latency(&self) -> Option<Duration> {
+        self.gateways
+            .iter()
+            .filter(|g| g.healthy)
+            .filter_map(|g| g.last_latency)
+            .min()
+    }
+
+    /// What went wrong last: the stream's error, else a dead gateway's.
+    pub fn error(&self) -> Option<String> {
+        self.last_error.clone().or_else(|| {
+            self.gateways
+                .iter()
+                .filter(|g| !g.healthy)
+                .find_map(|g| g.last_error.clone())
+                .map(|e| format!("gateway probe: {e}"))
+        })
+    }
+
+    /// Services in the peer's last catalog.
+    pub fn exported(&self) -> Option<usize> {
+        self.catalog.as_ref().map(|c| c.services.len())
+    }
 }
 
 /// Shared, versioned peer state.
@@ -156,11 +181,21 @@ impl State {
         });
     }
 
-    /// Records the number of services imported per peer (no wake-up: the importer is the writer).
+    /// Records the number of services imported per peer; wakes subscribers only when a
+    /// count changed (the importer, itself a subscriber, then finds nothing to do).
     pub fn set_imported(&self, counts: &BTreeMap<String, usize>) {
-        let mut peers = self.lock();
-        for (name, peer) in peers.iter_mut() {
-            peer.imported = counts.get(name).copied().unwrap_or(0);
+        let changed = {
+            let mut peers = self.lock();
+            let mut changed = false;
+            for (name, peer) in peers.iter_mut() {
+                let n = counts.get(name).copied().unwrap_or(0);
+                changed |= peer.imported != n;
+                peer.imported = n;
+            }
+            changed
+        };
+        if changed {
+            self.changed.send_modify(|v| *v += 1);
         }
     }
 

@@ -1,5 +1,6 @@
 //! `MeshFederation`: this cluster's identity in the federation and its peers.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -92,25 +93,56 @@ pub struct ImportPolicy {
     pub services: Vec<String>,
 }
 
-/// What the federation controller last saw of each peer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// What the federation controller last saw of each peer, written through the
+/// `/status` subresource (Kubernetes mode; in directory mode the controller's
+/// admin `/status` says the same).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshFederationStatus {
+    /// `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One entry per peer of the spec, by name.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// `Ready`: every peer connected and the last reconcile succeeded.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
 }
 
-/// Connection state of one peer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// What the controller knows about one peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
+    /// The peer's name (`spec.peers[].name`).
     pub name: String,
-    /// `Connected`, `Connecting`, `Stale` or `Failed`.
-    pub state: String,
+    /// State of the catalog stream from the peer.
+    pub connection: PeerConnection,
+    /// When the peer's last catalog arrived (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync: Option<String>,
+    pub last_sync: Option<Time>,
+    /// Services imported from the peer (ServiceEntries written here).
     #[serde(default)]
-    pub imported_count: u32,
+    pub imported_services: u32,
+    /// Services the peer exports (its last catalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_services: Option<u32>,
+    /// Lowest round trip of the peer's healthy gateways at their last probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_latency_ms: Option<f64>,
+    /// Why the stream or the gateway probes last failed, while they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// State of the catalog stream from a peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PeerConnection {
+    /// No stream yet (the first attempt is in progress).
+    #[default]
+    Connecting,
+    /// A stream is open and heartbeats arrive.
+    Connected,
+    /// The last attempt or stream failed; retrying with backoff.
+    Down,
 }

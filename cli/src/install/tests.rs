@@ -198,8 +198,16 @@ fn values_switch_components_on_and_off() {
         defaults.contains("MutatingWebhookConfiguration isthmus-sidecar-injector-isthmus-system")
     );
     assert!(defaults.contains("Role isthmus-control-plane-cacerts"));
-    assert!(!defaults.contains("Deployment isthmus-federation"));
+    assert!(defaults.contains("Deployment isthmus-federation"));
+    assert!(
+        defaults.contains("Role isthmus-federation-cacerts"),
+        "the CA Secret, and only it"
+    );
     assert!(kind.contains("Deployment isthmus-federation"));
+    assert!(
+        !off.contains("Deployment isthmus-federation"),
+        "dev CA: cannot federate"
+    );
     assert!(
         !off.contains("Role isthmus-control-plane-cacerts"),
         "dev CA: no Secret to read"
@@ -235,13 +243,6 @@ fn container_arguments_are_real_isthmus_flags() {
             let mut argv = vec!["isthmus".to_string()];
             argv.extend(c.args.unwrap_or_default());
             let parsed = crate::Cli::try_parse_from(&argv);
-            if argv[1] == "federation" {
-                // Known gap: the federation controller has no Kubernetes mode yet.
-                let err =
-                    parsed.expect_err("federation --kubernetes exists now: drop this exception");
-                assert!(err.to_string().contains("--kubernetes"), "{err}");
-                continue;
-            }
             if let Err(e) = parsed {
                 panic!("{}: {argv:?}: {e}", c.name);
             }

@@ -232,3 +232,86 @@ fn desired_applies_import_policy_staleness_and_skips_bad_names() {
         .is_empty()
     );
 }
+
+/// What the importer writes reads back unchanged (JSON from the API server, YAML from the
+/// directory), so [`Importer::observe`] sees no drift in its own writes.
+#[test]
+fn written_entries_round_trip_through_the_loader_unchanged() {
+    let se = service_entry(
+        &spec(),
+        &peer_state(Connection::Connected),
+        &catalog().services[0],
+        &LabelAllowList::default(),
+    )
+    .expect("entry");
+    let value = Resource::ServiceEntry(se.clone()).to_value();
+    let yaml = serde_yaml_ng::to_string(&value).expect("yaml");
+    for (how, back) in [
+        ("json", isthmus_api::load::load_value(value.clone())),
+        (
+            "yaml",
+            isthmus_api::load::load_value(serde_yaml_ng::from_str(&yaml).expect("parse")),
+        ),
+    ] {
+        let Ok(Resource::ServiceEntry(back)) = back else {
+            panic!("{how}: {back:?}");
+        };
+        assert_eq!(back.spec, se.spec, "{how}");
+        assert_eq!(back.metadata.labels, se.metadata.labels, "{how}");
+    }
+}
+
+#[tokio::test]
+async fn observe_rewrites_entries_removed_or_changed_behind_our_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = isthmus_config::ConfigSource::writer(&isthmus_config::dir::DirectorySource::new(
+        dir.path(),
+    ));
+    let mut importer = Importer::new(
+        writer,
+        LabelAllowList::default(),
+        Duration::from_secs(60),
+        Metrics::register(&mut prometheus_client::registry::Registry::default()),
+        State::default(),
+    );
+    let se = service_entry(
+        &spec(),
+        &peer_state(Connection::Connected),
+        &catalog().services[0],
+        &LabelAllowList::default(),
+    )
+    .expect("entry");
+    let key = Resource::ServiceEntry(se.clone()).key();
+    let store = isthmus_config::Store::new();
+    store.register_source("test");
+    store.update(|t| t.upsert("test", Resource::ServiceEntry(se.clone())));
+    store.mark_synced("test");
+    importer.adopt(&store.snapshot());
+    let now = Instant::now();
+    assert!(!importer.observe(&store.snapshot(), now), "intact");
+
+    // Someone edits the spec: rewritten.
+    let mut edited = se.clone();
+    edited.spec.endpoints.clear();
+    store.update(|t| t.upsert("test", Resource::ServiceEntry(edited)));
+    assert!(importer.observe(&store.snapshot(), now));
+    assert_eq!(importer.written(), 0);
+
+    // Just written, not seen yet: given the grace period, then rewritten.
+    store.update(|t| t.remove("test", &key));
+    importer.written.insert(key.clone(), se.clone());
+    importer.unconfirmed.insert(key.clone(), now);
+    assert!(!importer.observe(&store.snapshot(), now + Duration::from_secs(1)));
+    assert!(importer.observe(
+        &store.snapshot(),
+        now + CONFIRM_GRACE + Duration::from_millis(1)
+    ));
+
+    // Seen once, then deleted: rewritten at once.
+    importer.written.insert(key.clone(), se.clone());
+    importer.unconfirmed.insert(key.clone(), now);
+    store.update(|t| t.upsert("test", Resource::ServiceEntry(se.clone())));
+    assert!(!importer.observe(&store.snapshot(), now));
+    store.update(|t| t.remove("test", &key));
+    assert!(importer.observe(&store.snapshot(), now));
+}

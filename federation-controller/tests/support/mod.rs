@@ -2,9 +2,12 @@
 //! directories, real controllers on their own loopback addresses
 //! (127.88.<test>.<cluster>, federation port 15021 as in the lab), and fake
 //! east-west gateways that read a ClientHello and close, as a gateway does
-//! for an SNI it does not route.
+//! for an SNI it does not route. [`k8s`] puts a fake API server per cluster
+//! around the same pieces for Kubernetes mode.
 
 #![allow(dead_code)]
+
+pub mod k8s;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
