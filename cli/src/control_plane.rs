@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use isthmus_control_plane::inject::{Template, TlsFiles};
+use isthmus_control_plane::resolve::ResolverOptions;
 use isthmus_control_plane::run::{
-    DEFAULT_DEBUG_PORT, DEFAULT_XDS_PORT, InjectOptions, Options, Source, start_with,
+    DEFAULT_DEBUG_PORT, DEFAULT_XDS_PORT, InjectOptions, MoreOptions, Options, Source, start_full,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,18 @@ pub(crate) struct ControlPlaneArgs {
     /// Directory mode: token file that authenticates certificate requests.
     #[arg(long)]
     bootstrap_tokens: Option<PathBuf>,
+    /// PEM roots added to the trust bundle served as ROOTCA (peers' roots:
+    /// the federation controller's --trust-bundle-out); re-read when it changes.
+    #[arg(long)]
+    extra_roots: Option<PathBuf>,
+    /// How often the CA (--ca-dir or --ca-secret) and --extra-roots are
+    /// checked for changes; a good change is used without a restart.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    ca_reload_interval: Duration,
+    /// DNS server (ip:port) for hostname gateway addresses of MeshFederations,
+    /// instead of the system's (/etc/resolv.conf). Repeatable.
+    #[arg(long)]
+    gateway_dns_server: Vec<SocketAddr>,
     /// Kubernetes cluster domain.
     #[arg(long, default_value = "cluster.local")]
     domain: String,
@@ -127,11 +140,20 @@ pub(crate) fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         (None, _, _) => None,
         _ => bail!("--inject-listen needs --inject-cert and --inject-key"),
     };
+    let more = MoreOptions {
+        inject,
+        extra_roots: args.extra_roots,
+        ca_reload_every: args.ca_reload_interval,
+        gateway_dns: ResolverOptions {
+            name_servers: args.gateway_dns_server,
+            ..ResolverOptions::default()
+        },
+    };
     let grace = options.drain_grace;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let (bound, run) = start_with(options, inject, shutdown.clone()).await?;
+        let (bound, run) = start_full(options, more, shutdown.clone()).await?;
         eprintln!(
             "control plane: xDS on {}, debug on {}",
             bound.xds, bound.debug

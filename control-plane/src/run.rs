@@ -15,9 +15,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
-use crate::ca::{Authenticator, BootstrapTokens, CertificateServer, TokenReviewAuthenticator};
+use crate::ca::{
+    Authenticator, BootstrapTokens, CaMetrics, CaReloader, CaSource, CertificateServer, CurrentCa,
+    ReloadError, TokenReviewAuthenticator,
+};
+use crate::controller::Inputs;
 use crate::debug::{self, DebugState};
 use crate::registry::ClusterContext;
+use crate::resolve::{ResolverMetrics, ResolverOptions};
 use crate::xds::generate::MeshConfig;
 use crate::xds::server::{AdsMetrics, AdsOptions, AdsServer};
 
@@ -59,6 +64,37 @@ pub struct Options {
     pub drain_grace: Duration,
 }
 
+/// Options beyond [`Options`] (a separate struct so that the many `Options`
+/// literals stay as they are).
+#[derive(Clone, Debug)]
+pub struct MoreOptions {
+    /// The sidecar-injection webhook, when on.
+    pub inject: Option<InjectOptions>,
+    /// A PEM file of roots merged into the `ROOTCA` trust bundle (peers'
+    /// roots: the federation controller's `--trust-bundle-out`), reloaded
+    /// when it changes. A missing file is no extra roots.
+    pub extra_roots: Option<PathBuf>,
+    /// How often the CA (directory or Secret) and the extra roots are
+    /// checked for changes.
+    pub ca_reload_every: Duration,
+    /// How hostname gateway addresses of MeshFederations are resolved.
+    pub gateway_dns: ResolverOptions,
+}
+
+impl Default for MoreOptions {
+    fn default() -> Self {
+        Self {
+            inject: None,
+            extra_roots: None,
+            ca_reload_every: DEFAULT_CA_RELOAD,
+            gateway_dns: ResolverOptions::default(),
+        }
+    }
+}
+
+/// Default of [`MoreOptions::ca_reload_every`].
+pub const DEFAULT_CA_RELOAD: Duration = Duration::from_secs(5);
+
 /// Where and how the sidecar-injection webhook is served.
 #[derive(Clone, Debug)]
 pub struct InjectOptions {
@@ -94,39 +130,25 @@ pub enum RunError {
     CaSecret { secret: String, reason: String },
     #[error("injection webhook: {0}")]
     Webhook(#[from] crate::inject::WebhookError),
+    #[error("{0}")]
+    Reload(ReloadError),
+}
+
+impl From<ReloadError> for RunError {
+    fn from(e: ReloadError) -> Self {
+        match e {
+            ReloadError::Ca(e) => RunError::Ca(e),
+            ReloadError::Secret { secret, reason } => RunError::CaSecret { secret, reason },
+            other => RunError::Reload(other),
+        }
+    }
 }
 
 /// Loads the cluster CA from a Kubernetes Secret (`<namespace>/<name>`) with
 /// Istio's `cacerts` keys (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
 pub async fn load_ca_secret(client: kube::Client, secret: &str) -> Result<ClusterCa, RunError> {
-    let err = |reason: String| RunError::CaSecret {
-        secret: secret.to_string(),
-        reason,
-    };
-    let (ns, name) = secret
-        .split_once('/')
-        .ok_or_else(|| err("must be <namespace>/<name>".into()))?;
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, ns);
-    let s = api.get(name).await.map_err(|e| err(e.to_string()))?;
-    let data = s.data.unwrap_or_default();
-    let get = |key: &str| -> Result<String, RunError> {
-        let bytes = data
-            .get(key)
-            .ok_or_else(|| err(format!("has no {key} key")))?;
-        String::from_utf8(bytes.0.clone()).map_err(|_| err(format!("{key} is not UTF-8 PEM")))
-    };
-    let (ca_cert, ca_key, root_cert, cert_chain) = (
-        get("ca-cert.pem")?,
-        get("ca-key.pem")?,
-        get("root-cert.pem")?,
-        get("cert-chain.pem")?,
-    );
-    Ok(ClusterCa::from_pems(isthmus_identity::CacertsPems {
-        ca_cert: &ca_cert,
-        ca_key: &ca_key,
-        root_cert: &root_cert,
-        cert_chain: &cert_chain,
-    })?)
+    let data = crate::ca::fetch_secret(client, secret).await?;
+    Ok(crate::ca::ca_from_secret(secret, &data)?)
 }
 
 /// Addresses the running control plane actually bound (ports may have been 0).
@@ -146,28 +168,53 @@ pub async fn start(
     start_with(options, None, shutdown).await
 }
 
-/// [`start`], plus the sidecar-injection webhook when `inject` is given (a
-/// separate argument so that the many `Options` literals stay as they are).
+/// [`start`], plus the sidecar-injection webhook when `inject` is given.
 pub async fn start_with(
     options: Options,
     inject: Option<InjectOptions>,
     shutdown: CancellationToken,
 ) -> Result<(Bound, impl Future<Output = Result<(), RunError>>), RunError> {
+    let more = MoreOptions {
+        inject,
+        ..MoreOptions::default()
+    };
+    start_full(options, more, shutdown).await
+}
+
+/// [`start`] with [`MoreOptions`].
+pub async fn start_full(
+    options: Options,
+    more: MoreOptions,
+    shutdown: CancellationToken,
+) -> Result<(Bound, impl Future<Output = Result<(), RunError>>), RunError> {
+    let MoreOptions {
+        inject,
+        extra_roots,
+        ca_reload_every,
+        gateway_dns,
+    } = more;
     let kube_client = match options.source {
         Source::Kubernetes { .. } => Some(kube::Client::try_default().await?),
         Source::Directory(_) => None,
     };
-    let ca = Arc::new(match (&options.ca_dir, &options.ca_secret, &kube_client) {
-        (Some(dir), _, _) => ClusterCa::load(dir)?,
-        (None, Some(secret), Some(client)) => load_ca_secret(client.clone(), secret).await?,
+    let ca_source = match (&options.ca_dir, &options.ca_secret, &kube_client) {
+        (Some(dir), _, _) => CaSource::Dir(dir.clone()),
+        (None, Some(secret), Some(client)) => CaSource::Secret {
+            client: client.clone(),
+            secret: secret.clone(),
+        },
         (None, Some(secret), None) => {
             return Err(RunError::CaSecret {
                 secret: secret.clone(),
                 reason: "needs --kubernetes".into(),
             });
         }
-        (None, None, _) => ClusterCa::self_signed_dev(&options.trust_domain)?,
-    });
+        (None, None, _) => CaSource::Fixed,
+    };
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("isthmus_control_plane");
+    let ca_metrics = CaMetrics::register(&mut metrics);
+    let (reloader, ca) =
+        CaReloader::load(ca_source, extra_roots, &options.trust_domain, ca_metrics).await?;
     let store = Store::new();
     let (source, auth): (Box<dyn ConfigSource>, Arc<dyn Authenticator>) = match &options.source {
         Source::Directory(dir) => {
@@ -201,13 +248,27 @@ pub async fn start_with(
             domain: options.domain.clone(),
         },
         trust_domain: ca.trust_domain().to_string(),
-        trust_bundle_pem: ca.trust_bundle_pem(),
+        trust_bundle_pem: reloader.roots(&ca).to_pem(),
         ..MeshConfig::default()
     };
-    let mut metrics = prometheus_client::registry::Registry::with_prefix("isthmus_control_plane");
     let ads_metrics = AdsMetrics::register(&mut metrics);
     let inject_metrics = crate::inject::InjectMetrics::register(&mut metrics);
-    let published = crate::controller::spawn(&store, mesh, shutdown.clone());
+    let resolver_metrics = ResolverMetrics::register(&mut metrics);
+    // The CA in use and the trust bundle follow the cacerts (root rotation).
+    let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(mesh);
+    let current_ca = CurrentCa::new(ca.clone());
+    tokio::spawn(reloader.run(
+        current_ca.clone(),
+        mesh_tx,
+        ca_reload_every,
+        shutdown.clone(),
+    ));
+    let gateways = crate::resolve::spawn(&store, gateway_dns, resolver_metrics, shutdown.clone());
+    let inputs = Inputs {
+        mesh: mesh_rx,
+        gateways,
+    };
+    let published = crate::controller::spawn_with(&store, inputs, shutdown.clone());
     // The DNS servers' feed (isthmus.dns.v1), served next to ADS.
     let dns_feed = crate::dns_feed::DnsFeedService::spawn(
         published.push.clone(),
@@ -311,7 +372,7 @@ pub async fn start_with(
             };
             tonic::transport::Server::builder()
                 .add_service(service)
-                .add_service(CertificateServer::new(ca, auth).into_service())
+                .add_service(CertificateServer::with_current(current_ca, auth).into_service())
                 .add_service(dns_feed.into_service())
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -341,7 +402,7 @@ async fn wait_synced(
     let mut warned = Duration::ZERO;
     loop {
         let snapshot = store.snapshot();
-        if snapshot.is_synced() && push.borrow().version >= snapshot.version() {
+        if snapshot.is_synced() && push.borrow().store_version >= snapshot.version() {
             if started.elapsed() > Duration::from_secs(1) {
                 tracing::info!(after = ?started.elapsed(), "config synced; serving xDS");
             }

@@ -81,6 +81,9 @@ fn cluster_components(spec: &LabSpec, c: &ClusterPlan) -> Vec<Component> {
                 cfg.clone(),
                 s("--ca-dir"),
                 cacerts.clone(),
+                // Root rotation reloads the CA in place: notice it quickly.
+                s("--ca-reload-interval"),
+                s("1s"),
                 s("--bootstrap-tokens"),
                 s(c.tokens_file().display()),
                 s("--listen"),

@@ -7,6 +7,7 @@ use isthmus_identity::{ClusterCa, IssueError, SpiffeId};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::CurrentCa;
 use super::auth::{AuthError, Authenticator};
 use super::proto::certificate_service_server::{CertificateService, CertificateServiceServer};
 use super::proto::{CertificateRequest, CertificateResponse};
@@ -15,13 +16,19 @@ use super::proto::{CertificateRequest, CertificateResponse};
 /// [`into_service`](Self::into_service) on a tonic server (over TLS in production: the
 /// control plane's own certificate from [`ClusterCa::issue_key_and_cert`]).
 pub struct CertificateServer {
-    ca: Arc<ClusterCa>,
+    ca: CurrentCa,
     auth: Arc<dyn Authenticator>,
 }
 
 impl CertificateServer {
     /// A server issuing from `ca` to callers authenticated by `auth`.
     pub fn new(ca: Arc<ClusterCa>, auth: Arc<dyn Authenticator>) -> Self {
+        Self::with_current(CurrentCa::new(ca), auth)
+    }
+
+    /// A server issuing from whatever CA `ca` holds when a request comes
+    /// (swapped by the [`CaReloader`](super::CaReloader)).
+    pub fn with_current(ca: CurrentCa, auth: Arc<dyn Authenticator>) -> Self {
         Self { ca, auth }
     }
 
@@ -53,9 +60,11 @@ impl CertificateService for CertificateServer {
                 AuthError::Unavailable(reason) => Status::unavailable(reason),
             }
         })?;
+        // One CA for the whole request, even if a reload swaps it meanwhile.
+        let ca = self.ca.get();
         // The identity follows the credential, never the CSR.
         let identity = SpiffeId::new(
-            self.ca.trust_domain(),
+            ca.trust_domain(),
             &caller.namespace,
             &caller.service_account,
         )
@@ -78,26 +87,23 @@ impl CertificateService for CertificateServer {
                 )));
             }
         };
-        let issued = self
-            .ca
-            .sign_csr(&csr, &identity, ttl)
-            .map_err(|err| match err {
-                IssueError::InvalidCsr(_) | IssueError::ZeroTtl => {
-                    Status::invalid_argument(err.to_string())
-                }
-                IssueError::WrongTrustDomain { .. } | IssueError::Sign(_) => {
-                    tracing::error!(%identity, error = %err, "certificate signing failed");
-                    Status::internal(err.to_string())
-                }
-                IssueError::CaExpired => {
-                    tracing::error!(error = %err, "cannot issue certificates");
-                    Status::unavailable(err.to_string())
-                }
-            })?;
+        let issued = ca.sign_csr(&csr, &identity, ttl).map_err(|err| match err {
+            IssueError::InvalidCsr(_) | IssueError::ZeroTtl => {
+                Status::invalid_argument(err.to_string())
+            }
+            IssueError::WrongTrustDomain { .. } | IssueError::Sign(_) => {
+                tracing::error!(%identity, error = %err, "certificate signing failed");
+                Status::internal(err.to_string())
+            }
+            IssueError::CaExpired => {
+                tracing::error!(error = %err, "cannot issue certificates");
+                Status::unavailable(err.to_string())
+            }
+        })?;
         tracing::info!(%identity, not_after = ?issued.not_after, "issued workload certificate");
         Ok(Response::new(CertificateResponse {
             cert_chain: issued.chain_pems(),
-            trust_bundle: self.ca.trust_bundle().root_pems(),
+            trust_bundle: ca.trust_bundle().root_pems(),
         }))
     }
 }

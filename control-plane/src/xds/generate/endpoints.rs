@@ -2,8 +2,13 @@
 //! computed relative to the requesting proxy.
 //!
 //! - *Split horizon*: an endpoint in another network is replaced by that
-//!   network's east-west gateway; endpoints behind one gateway in one
-//!   locality are aggregated into one entry weighted by their count.
+//!   network's east-west gateways; the endpoints of one network in one
+//!   locality are aggregated, and their weight (their count, or the weights
+//!   they carry) is split evenly over one entry per gateway of the network
+//!   (at least 1 each). The locality's total weight stays what the endpoints
+//!   are worth whatever the number of gateways, and every gateway takes a
+//!   share. A network without a known gateway address (a hostname not
+//!   resolved yet) gets no entries.
 //! - *Priorities*: locality proximity (same subzone, zone, region, then the
 //!   `failover` target region, then the rest); with `failoverPriority`,
 //!   label matches come first; with `distribute`, the localities it names
@@ -73,13 +78,13 @@ pub fn assignment(
         {
             continue;
         }
-        let (target, via_gateway) = if is_remote_network(proxy, e) {
-            match pc.gateways.get(&e.network).and_then(|g| g.first()) {
-                Some(gw) => (Target::Gateway(*gw), true),
-                None => continue, // unreachable: no gateway known for that network
+        let target = if is_remote_network(proxy, e) {
+            if pc.gateways.get(&e.network).is_none_or(|g| g.is_empty()) {
+                continue; // unreachable: no gateway known for that network
             }
+            Target::Network(e.network.clone())
         } else {
-            (Target::Direct(e.address.clone(), e.port_for(port)), false)
+            Target::Direct(e.address.clone(), e.port_for(port))
         };
         let locality = e.locality.to_string();
         let mut priority = priority(setting, proxy, e);
@@ -98,7 +103,7 @@ pub fn assignment(
             locality: e.locality.clone(),
             ..Group::default()
         });
-        let slot = g.targets.entry(target).or_insert((0, false, via_gateway));
+        let slot = g.targets.entry(target).or_insert((0, false));
         slot.0 += if e.healthy { e.weight.max(1) } else { 0 };
         slot.1 |= e.healthy;
     }
@@ -128,10 +133,9 @@ pub fn assignment(
                     zone: g.locality.zone.clone(),
                     sub_zone: g.locality.subzone.clone(),
                 }),
-                lb_endpoints: g
-                    .targets
+                lb_endpoints: over_gateways(pc, g.targets)
                     .into_iter()
-                    .map(|(t, (w, healthy, _))| lb_endpoint(t, w, healthy))
+                    .map(|(t, (w, healthy))| lb_endpoint(t, w, healthy))
                     .collect(),
                 load_balancing_weight: Some(u32_value(weight)),
                 priority: dense[&prio],
@@ -146,23 +150,60 @@ pub fn assignment(
     })
 }
 
+/// Where the endpoints of a group are reached.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
+    Direct(String, u16),
+    /// Every gateway of a remote network (see [`over_gateways`]).
+    Network(String),
+}
+
+/// One `LbEndpoint`'s address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Address {
     Direct(String, u16),
     Gateway(SocketAddr),
 }
 
+/// Target → (healthy weight, any healthy).
+type Targets = BTreeMap<Target, (u32, bool)>;
+
 #[derive(Debug, Default)]
 struct Group {
     locality: Locality,
-    /// Target → (healthy weight, any healthy, via gateway).
-    targets: BTreeMap<Target, (u32, bool, bool)>,
+    targets: Targets,
 }
 
-fn lb_endpoint(target: Target, weight: u32, healthy: bool) -> LbEndpoint {
-    let address = match &target {
-        Target::Direct(host, port) => socket_address(host, *port),
-        Target::Gateway(sa) => socket_address(&sa.ip().to_string(), sa.port()),
+/// Replaces each remote network by its gateways, splitting the network's
+/// weight evenly (the remainder to the first ones, at least 1 each; an
+/// unhealthy network's gateways are unhealthy). Networks that share a
+/// gateway address add up on it.
+fn over_gateways(pc: &PushContext, targets: Targets) -> BTreeMap<Address, (u32, bool)> {
+    let mut out = BTreeMap::new();
+    for (target, (weight, healthy)) in targets {
+        let network = match target {
+            Target::Direct(host, port) => {
+                out.insert(Address::Direct(host, port), (weight, healthy));
+                continue;
+            }
+            Target::Network(network) => network,
+        };
+        let gateways = pc.gateways.get(&network).map_or(&[][..], Vec::as_slice);
+        let n = u32::try_from(gateways.len()).unwrap_or(u32::MAX).max(1);
+        for (i, gw) in (0..).zip(gateways) {
+            let share = weight / n + u32::from(i < weight % n);
+            let slot = out.entry(Address::Gateway(*gw)).or_insert((0, false));
+            slot.0 += if healthy { share.max(1) } else { 0 };
+            slot.1 |= healthy;
+        }
+    }
+    out
+}
+
+fn lb_endpoint(address: Address, weight: u32, healthy: bool) -> LbEndpoint {
+    let address = match &address {
+        Address::Direct(host, port) => socket_address(host, *port),
+        Address::Gateway(sa) => socket_address(&sa.ip().to_string(), sa.port()),
     };
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {

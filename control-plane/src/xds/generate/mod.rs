@@ -19,7 +19,7 @@ pub mod secrets;
 mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -37,16 +37,18 @@ use super::{
     ProxyRole, ROUTE, SECRET, SharedResource, XdsResource,
 };
 use crate::registry::{ClusterContext, Registry, Resolution, Service};
+use crate::resolve::ResolvedGateways;
 
 pub use policy::EffectivePolicy;
 
 /// What the control plane knows about the mesh beyond the store.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeshConfig {
     pub cluster: ClusterContext,
     /// This cluster's SPIFFE trust domain.
     pub trust_domain: String,
-    /// PEM roots served as the `ROOTCA` secret.
+    /// PEM roots served as the `ROOTCA` secret (the CA's roots plus any
+    /// extra roots; replaced when they are reloaded).
     pub trust_bundle_pem: String,
     /// Namespace whose policies apply mesh-wide (Istio's root namespace).
     pub root_namespace: String,
@@ -66,11 +68,20 @@ impl Default for MeshConfig {
 /// Everything needed to generate any proxy's config at one store version.
 #[derive(Debug)]
 pub struct PushContext {
+    /// Grows with every push context: the store version plus the number of
+    /// changes from outside the store ([`PushContext::with_inputs`]).
     pub version: u64,
+    /// The store version this context was built from.
+    pub store_version: u64,
+    /// How many changes from outside the store led here (`version - store_version`).
+    generation: u64,
     pub mesh: MeshConfig,
     pub registry: Registry,
-    /// Network name → east-west gateway addresses (from MeshFederation).
+    /// Network name → east-west gateway addresses (from MeshFederation; IP
+    /// addresses as written, hostnames as resolved), sorted, without duplicates.
     pub gateways: BTreeMap<String, Vec<SocketAddr>>,
+    /// The resolved hostname gateway addresses `gateways` was built with.
+    pub resolved_gateways: Arc<ResolvedGateways>,
     /// Cluster name → trust domain (this cluster and every peer).
     pub trust_domains: BTreeMap<String, String>,
     pub virtual_services: Vec<Arc<Resource>>,
@@ -100,32 +111,29 @@ const VIRTUAL_INBOUND: &str = "virtualInbound";
 const HISTORY: usize = 64;
 
 impl PushContext {
-    /// Indexes a store snapshot.
+    /// Indexes a store snapshot (no hostname gateway resolved).
     pub fn build(snapshot: &Snapshot, mesh: MeshConfig) -> PushContext {
+        Self::build_with(snapshot, mesh, Arc::default(), 0)
+    }
+
+    /// Indexes a store snapshot with hostname gateways resolved as in
+    /// `resolved`, `generation` changes from outside the store after the start.
+    pub fn build_with(
+        snapshot: &Snapshot,
+        mesh: MeshConfig,
+        resolved: Arc<ResolvedGateways>,
+        generation: u64,
+    ) -> PushContext {
         let registry = Registry::build(snapshot, &mesh.cluster);
         let mut warnings = registry.warnings.clone();
-        let mut gateways: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+        let gateways = gateway_addresses(snapshot, &resolved, &mut warnings);
         let mut trust_domains = BTreeMap::new();
         trust_domains.insert(mesh.cluster.cluster.clone(), mesh.trust_domain.clone());
         for r in snapshot.of_kind(Kind::MeshFederation) {
-            let Resource::MeshFederation(mf) = &**r else {
-                continue;
-            };
-            let key = r.key();
-            let mut add = |network: &str, addrs: &[String]| {
-                for a in addrs {
-                    match a.parse::<SocketAddr>() {
-                        Ok(sa) => gateways.entry(network.to_string()).or_default().push(sa),
-                        Err(_) => warnings.push(format!(
-                            "{key}: gateway address {a:?} is a hostname; hostname gateways are not resolved yet, skipped"
-                        )),
-                    }
+            if let Resource::MeshFederation(mf) = &**r {
+                for p in &mf.spec.peers {
+                    trust_domains.insert(p.name.clone(), p.trust_domain.clone());
                 }
-            };
-            add(&mf.spec.local.network, &mf.spec.local.gateway_addresses);
-            for p in &mf.spec.peers {
-                add(&p.network, &p.gateway_addresses);
-                trust_domains.insert(p.name.clone(), p.trust_domain.clone());
             }
         }
         let mut destination_rules: BTreeMap<String, Vec<Arc<Resource>>> = BTreeMap::new();
@@ -148,9 +156,12 @@ impl PushContext {
             uses_source_labels,
             cache: cache::Cache::default(),
             history: VecDeque::new(),
-            version: snapshot.version(),
+            version: snapshot.version() + generation,
+            store_version: snapshot.version(),
+            generation,
             registry,
             gateways,
+            resolved_gateways: resolved,
             trust_domains,
             virtual_services: snapshot.of_kind(Kind::VirtualService).cloned().collect(),
             destination_rules,
@@ -185,11 +196,16 @@ impl PushContext {
         let registry_only = changes
             .iter()
             .all(|c| REGISTRY_KINDS.contains(&c.key().kind));
-        let (mut pc, changed) = if !registry_only {
-            (
-                PushContext::build(snapshot, self.mesh.clone()),
-                Changes::All,
+        let rebuild = || {
+            PushContext::build_with(
+                snapshot,
+                self.mesh.clone(),
+                self.resolved_gateways.clone(),
+                self.generation,
             )
+        };
+        let (mut pc, changed) = if !registry_only {
+            (rebuild(), Changes::All)
         } else if let Some((registry, hosts)) =
             self.registry
                 .update(previous, snapshot, changes, &self.mesh.cluster)
@@ -206,18 +222,61 @@ impl PushContext {
                     .collect();
                 self.with_registry(registry, snapshot.version(), &hosts)
             } else {
-                (
-                    PushContext::build(snapshot, self.mesh.clone()),
-                    Changes::All,
-                )
+                (rebuild(), Changes::All)
             }
         };
+        self.record(&mut pc, changed);
+        pc
+    }
+
+    /// The push context after a change from outside the store: another
+    /// mesh config (a reloaded trust bundle) or other resolved hostname
+    /// gateway addresses. `snapshot` is the one `self` was built from. A
+    /// change of gateway addresses alone is an endpoints-only change of the
+    /// services with endpoints in the networks whose gateways moved.
+    pub fn with_inputs(
+        &self,
+        snapshot: &Snapshot,
+        mesh: MeshConfig,
+        resolved: Arc<ResolvedGateways>,
+    ) -> PushContext {
+        let mesh_changed = mesh != self.mesh;
+        let mut pc = PushContext::build_with(snapshot, mesh, resolved, self.generation + 1);
+        let changed = if mesh_changed {
+            Changes::All
+        } else {
+            let networks: BTreeSet<&String> = self
+                .gateways
+                .keys()
+                .chain(pc.gateways.keys())
+                .filter(|n| self.gateways.get(*n) != pc.gateways.get(*n))
+                .collect();
+            let mut clusters = BTreeSet::new();
+            for svc in pc.registry.services() {
+                if svc.endpoints.iter().any(|e| networks.contains(&e.network)) {
+                    clusters.extend(pc.endpoint_changes(svc, svc).clusters);
+                }
+            }
+            if clusters.is_empty() {
+                Changes::None
+            } else {
+                Changes::Endpoints(EndpointChanges {
+                    clusters,
+                    workloads: BTreeSet::new(),
+                })
+            }
+        };
+        self.record(&mut pc, changed);
+        pc
+    }
+
+    /// Gives `pc`, the context after `self`, the history up to and including `changed`.
+    fn record(&self, pc: &mut PushContext, changed: Changes) {
         pc.history = self.history.clone();
         if pc.history.len() == HISTORY {
             pc.history.pop_front();
         }
         pc.history.push_back((self.version, pc.version, changed));
-        pc
     }
 
     /// `self` with another registry (nothing else changed), and what that
@@ -248,10 +307,13 @@ impl PushContext {
             Changes::None | Changes::Endpoints(_) => self.cache.carry_over(),
         };
         let pc = PushContext {
-            version,
+            version: version + self.generation,
+            store_version: version,
+            generation: self.generation,
             mesh: self.mesh.clone(),
             registry,
             gateways: self.gateways.clone(),
+            resolved_gateways: self.resolved_gateways.clone(),
             trust_domains: self.trust_domains.clone(),
             virtual_services: self.virtual_services.clone(),
             destination_rules: self.destination_rules.clone(),
@@ -507,6 +569,93 @@ const REGISTRY_KINDS: [Kind; 7] = [
     Kind::Node,
     Kind::ServiceExport,
 ];
+
+/// Network → gateway addresses of every MeshFederation (local and peers):
+/// IP addresses as written, hostnames as `resolved` has them (a hostname not
+/// resolved yet adds nothing and a warning). Sorted, without duplicates.
+fn gateway_addresses(
+    snapshot: &Snapshot,
+    resolved: &ResolvedGateways,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, Vec<SocketAddr>> {
+    let mut gateways: BTreeMap<String, BTreeSet<SocketAddr>> = BTreeMap::new();
+    for r in snapshot.of_kind(Kind::MeshFederation) {
+        let Resource::MeshFederation(mf) = &**r else {
+            continue;
+        };
+        let key = r.key();
+        let mut add = |network: &str, addrs: &[String]| {
+            for a in addrs {
+                let into = gateways.entry(network.to_string()).or_default();
+                match GatewayAddress::parse(a) {
+                    Some(GatewayAddress::Ip(sa)) => {
+                        into.insert(sa);
+                    }
+                    Some(GatewayAddress::Host(host, port)) => match resolved.get(&host) {
+                        Some(ips) => into.extend(ips.iter().map(|ip| SocketAddr::new(*ip, port))),
+                        None => warnings.push(format!(
+                            "{key}: gateway address {a:?}: hostname {host} not resolved (yet); \
+                             network {network:?} gets no address from it"
+                        )),
+                    },
+                    None => warnings.push(format!(
+                        "{key}: gateway address {a:?} is not host:port, skipped"
+                    )),
+                }
+            }
+        };
+        add(&mf.spec.local.network, &mf.spec.local.gateway_addresses);
+        for p in &mf.spec.peers {
+            add(&p.network, &p.gateway_addresses);
+        }
+    }
+    gateways
+        .into_iter()
+        .filter(|(_, addrs)| !addrs.is_empty())
+        .map(|(network, addrs)| (network, addrs.into_iter().collect()))
+        .collect()
+}
+
+/// A MeshFederation gateway address: `ip:port`, or `hostname:port` to resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayAddress {
+    Ip(SocketAddr),
+    /// Lowercased, without a trailing dot.
+    Host(String, u16),
+}
+
+impl GatewayAddress {
+    /// Parses `host:port` / `[v6]:port`; `None` if it is neither.
+    pub fn parse(s: &str) -> Option<GatewayAddress> {
+        let (host, port) = isthmus_api::validate::split_host_port(s)?;
+        if port == 0 {
+            return None;
+        }
+        Some(match host.parse::<IpAddr>() {
+            Ok(ip) => GatewayAddress::Ip(SocketAddr::new(ip, port)),
+            Err(_) => GatewayAddress::Host(host.trim_end_matches('.').to_ascii_lowercase(), port),
+        })
+    }
+}
+
+/// Every gateway hostname the MeshFederations of `snapshot` name (see [`GatewayAddress`]).
+pub fn gateway_hostnames(snapshot: &Snapshot) -> BTreeSet<String> {
+    snapshot
+        .of_kind(Kind::MeshFederation)
+        .filter_map(|r| match &**r {
+            Resource::MeshFederation(mf) => Some(mf),
+            _ => None,
+        })
+        .flat_map(|mf| {
+            let peers = mf.spec.peers.iter().flat_map(|p| &p.gateway_addresses);
+            mf.spec.local.gateway_addresses.iter().chain(peers)
+        })
+        .filter_map(|a| match GatewayAddress::parse(a)? {
+            GatewayAddress::Host(host, _) => Some(host),
+            GatewayAddress::Ip(_) => None,
+        })
+        .collect()
+}
 
 /// Whether `old` and `new` differ in their endpoints alone, in a way only
 /// EDS shows: same ports, addresses, resolution (static, so clusters do not
