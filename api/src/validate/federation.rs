@@ -17,19 +17,17 @@ pub(super) fn mesh_federation(cx: &mut Ctx, spec: &MeshFederationSpec) {
             )
         });
         cx.field("network", |cx| network(cx, &local.network));
-        cx.field("locality", |cx| locality(cx, &local.locality));
+        // Both may be empty in what an install renders: no locality, and the gateway
+        // addresses `isthmus link` works out from the gateway Service.
+        if !local.locality.is_empty() {
+            cx.field("locality", |cx| locality(cx, &local.locality));
+        }
         cx.field("trustDomain", |cx| {
             cx.check(
                 naming::validate_trust_domain(&local.trust_domain),
                 "invalid trust domain",
             )
         });
-        if local.gateway_addresses.is_empty() {
-            cx.error_at(
-                "gatewayAddresses",
-                "at least one gateway address is required",
-            );
-        }
         cx.each("gatewayAddresses", &local.gateway_addresses, |cx, a| {
             cx.host_port(a)
         });
@@ -57,7 +55,10 @@ pub(super) fn mesh_federation(cx: &mut Ctx, spec: &MeshFederationSpec) {
         }
         cx.each("gatewayAddresses", &p.gateway_addresses, |cx, a| cx.host_port(a));
         cx.field("network", |cx| network(cx, &p.network));
-        cx.field("locality", |cx| locality(cx, &p.locality));
+        // Empty: the peer declares no locality (as its own spec.local may).
+        if !p.locality.is_empty() {
+            cx.field("locality", |cx| locality(cx, &p.locality));
+        }
         cx.field("trustDomain", |cx| {
             cx.check(naming::validate_trust_domain(&p.trust_domain), "invalid trust domain");
             if p.trust_domain == local.trust_domain {

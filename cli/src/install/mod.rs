@@ -253,6 +253,7 @@ pub fn api_resource(api_version: &str, kind: &str) -> Option<(&'static str, bool
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             ("customresourcedefinitions", false)
         }
+        ("federation.isthmus.io/v1alpha1", "MeshFederation") => ("meshfederations", true),
         _ => return None,
     })
 }

@@ -4,7 +4,8 @@
 //!
 //! Supported: text; `{{ pipeline }}` where a pipeline is `.Values.a.b`,
 //! `.Release.Namespace`, `.Release.Name`, `.Chart.Version`,
-//! `.Chart.AppVersion` or a `"string"`, optionally `| quote`; `{{ if
+//! `.Chart.AppVersion` or a `"string"`, optionally `| quote` or `| toJson`
+//! (a list or map as one line of JSON, which is YAML); `{{ if
 //! pipeline }}` / `{{ else }}` / `{{ end }}` with Go's truthiness;
 //! `{{/* comments */}}`; `{{-` and `-}}` whitespace trimming. Anything else
 //! is an error naming the template and line, never a guess. A value that is
@@ -198,6 +199,7 @@ fn eval(pipeline: &str, ctx: &Context, line: usize) -> Result<Value, (usize, Str
             "quote" => {
                 Value::from(serde_json::to_string(&print(&value, line)?).unwrap_or_default())
             }
+            "toJson" => Value::from(serde_json::to_string(&value).unwrap_or_default()),
             other => return Err((line, format!("unsupported template function {other:?}"))),
         };
     }

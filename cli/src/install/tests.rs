@@ -103,6 +103,12 @@ fn validate(m: &Value) -> Result<(), String> {
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             round_trip::<CustomResourceDefinition>(m)
         }
+        // Our own kind: what the controller's loader accepts (unknown fields refused).
+        ("federation.isthmus.io/v1alpha1", "MeshFederation") => {
+            isthmus_api::load::load_value(m.clone())
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
+        }
         (v, k) => Err(format!("no schema check for {v} {k}")),
     }
 }
@@ -208,6 +214,8 @@ fn values_switch_components_on_and_off() {
         !off.contains("Deployment isthmus-federation"),
         "dev CA: cannot federate"
     );
+    assert!(defaults.contains("MeshFederation mesh"));
+    assert!(!off.contains("MeshFederation mesh"));
     assert!(
         !off.contains("Role isthmus-control-plane-cacerts"),
         "dev CA: no Secret to read"
@@ -268,6 +276,7 @@ fn injected_arguments_are_real_isthmus_flags() {
     let (_, Decision::Inject(ops)) = review(req.to_string().as_bytes(), &template).unwrap() else {
         panic!("not injected");
     };
+    let mut sidecars = 0;
     for op in ops
         .iter()
         .filter(|o| o["path"].as_str().unwrap().contains("ontainers"))
@@ -277,7 +286,10 @@ fn injected_arguments_are_real_isthmus_flags() {
         } else {
             &op["value"]
         };
-        let mut argv = vec!["isthmus".to_string()];
+        // The sidecar container runs the thin `isthmus-sidecar` binary (its
+        // flags are `isthmus sidecar`'s, from the same library struct).
+        let thin = c["command"][0].as_str() == Some("/usr/local/bin/isthmus-sidecar");
+        let mut argv = vec![if thin { "isthmus-sidecar" } else { "isthmus" }.to_string()];
         for a in c["args"].as_array().unwrap() {
             argv.push(
                 a.as_str()
@@ -288,8 +300,19 @@ fn injected_arguments_are_real_isthmus_flags() {
                     .replace("$(SERVICE_ACCOUNT)", "reviews"),
             );
         }
-        crate::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        if thin {
+            #[derive(Debug, clap::Parser)]
+            struct SidecarCli {
+                #[command(flatten)]
+                _args: isthmus_sidecar::cli::SidecarArgs,
+            }
+            SidecarCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        } else {
+            crate::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+        sidecars += usize::from(thin);
     }
+    assert_eq!(sidecars, 1, "the injected sidecar runs isthmus-sidecar");
 }
 
 /// Services select a Deployment and name ports its containers have; the
@@ -372,7 +395,8 @@ fn services_and_webhook_point_at_real_ports() {
 #[test]
 fn renderer_follows_go_template_rules_and_refuses_the_rest() {
     let ctx = Context {
-        values: json!({"a": {"b": "x y", "n": 15443, "zero": 0, "empty": "", "on": true}}),
+        values: json!({"a": {"b": "x y", "n": 15443, "zero": 0, "empty": "", "on": true,
+                             "list": ["h:1", "h:2"], "none": []}}),
         release_name: "isthmus".into(),
         release_namespace: "ns".into(),
         chart_version: "0.1.0".into(),
@@ -391,6 +415,10 @@ fn renderer_follows_go_template_rules_and_refuses_the_rest() {
     assert_eq!(r("{{- if .Values.a.empty }}x{{ end }}y").unwrap(), "y");
     assert_eq!(r("{{ if .Values.a.on -}}\n   on{{ end }}").unwrap(), "on");
     assert_eq!(r("{{/* note */}}z").unwrap(), "z");
+    assert_eq!(
+        r("l: {{ .Values.a.list | toJson }} e: {{ .Values.a.none | toJson }}").unwrap(),
+        r#"l: ["h:1","h:2"] e: []"#
+    );
     for (bad, why) in [
         ("{{ .Values.a.missing }}", "no value"),
         ("{{ .Values.a }}", "map or list"),
@@ -457,6 +485,12 @@ async fn install_applies_everything_with_server_side_apply() {
             "customresourcedefinitions",
             false,
         ),
+        (
+            "federation.isthmus.io/v1alpha1",
+            "MeshFederation",
+            "meshfederations",
+            true,
+        ),
     ] {
         server.register(v, k, p, n);
     }
@@ -511,5 +545,49 @@ async fn install_applies_everything_with_server_side_apply() {
             .filter(|r| r.method == "PATCH")
             .all(|r| r.query.contains("fieldManager=isthmus-install")),
         "every write is a server-side apply by isthmus-install"
+    );
+}
+
+/// The chart's MeshFederation is what `isthmus link` reads: this cluster's local section
+/// from the values, and no peers (server-side apply then leaves the peers link wrote alone
+/// on an upgrade; the fake API server's apply replaces whole objects, so that part is not
+/// shown here).
+#[test]
+fn mesh_federation_is_rendered_without_peers() {
+    let mut values = default_values().unwrap();
+    for s in [
+        "cluster=west",
+        "network=net-west",
+        "locality=us-west/zone-a",
+        "trustDomain=west.isthmus.local",
+    ] {
+        set_value(&mut values, s).unwrap();
+    }
+    merge(
+        &mut values,
+        json!({"federation": {"gatewayAddresses": ["203.0.113.7:15443"]}}),
+    );
+    let m = manifests(&mut values, "isthmus-system", None).unwrap();
+    let mf = m
+        .iter()
+        .find(|m| m["kind"] == "MeshFederation")
+        .expect("rendered");
+    assert_eq!(mf["metadata"]["name"], "mesh");
+    assert_eq!(
+        mf["spec"],
+        json!({"local": {"cluster": "west", "network": "net-west", "locality": "us-west/zone-a",
+               "trustDomain": "west.isthmus.local", "gatewayAddresses": ["203.0.113.7:15443"],
+               "federationListen": "0.0.0.0:15021"}})
+    );
+    let defaults = render_chart(&default_values().unwrap(), "isthmus-system").unwrap();
+    let mf = defaults
+        .iter()
+        .find(|m| m["kind"] == "MeshFederation")
+        .unwrap();
+    assert_eq!(mf["spec"]["local"]["gatewayAddresses"], json!([]));
+
+    assert!(
+        mf["spec"].get("peers").is_none(),
+        "peers are link's, never the chart's"
     );
 }
