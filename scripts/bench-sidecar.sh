@@ -18,8 +18,8 @@
 # Usage: scripts/bench-sidecar.sh [results.md]
 #   SECONDS_FIXED=20 SECONDS_MAX=8 ROUNDS=3 RATE=1000 CONNECTIONS=16 SERVICES=100
 #   CONCURRENCY=2 (sidecar worker threads)  BUILD=0 (use the binaries already built)
-#   LTO=1 (build isthmus-sidecar with fat LTO and one codegen unit, in
-#          $CARGO_TARGET_DIR/lto: a smaller binary maps less memory; ~10 min)
+#   LTO=1 (isthmus-sidecar from the `dist` profile, as the image ships it:
+#          fat LTO, one codegen unit; a smaller binary maps less memory; ~10 min)
 #   MESH_HOP=http1 (DestinationRule h2UpgradePolicy: DO_NOT_UPGRADE: HTTP/1.1
 #                   on the mTLS hop instead of the default HTTP/2)
 #   PROFILE=1 (perf record both sidecars during the mesh max-throughput run,
@@ -65,13 +65,13 @@ if [[ ${BUILD:-1} != 0 ]]; then
   cargo build --release -q -p isthmus-cli
   cargo build --release -q -p isthmus-sidecar --bin isthmus-sidecar --example loadgen
   if [[ -n ${LTO:-} ]]; then
-    echo "== build isthmus-sidecar with LTO"
-    CARGO_TARGET_DIR=$target/lto CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-      cargo build --release -q -p isthmus-sidecar --bin isthmus-sidecar
+    echo "== build isthmus-sidecar with the dist profile (fat LTO, one codegen unit)"
+    cargo build --profile dist -q -p isthmus-sidecar --bin isthmus-sidecar
   fi
 fi
 isthmus=$target/release/isthmus
-sidecar_bin=$target/${LTO:+lto/}release/isthmus-sidecar
+sidecar_bin=$target/release/isthmus-sidecar
+[[ -n ${LTO:-} ]] && sidecar_bin=$target/dist/isthmus-sidecar
 loadgen=$target/release/examples/loadgen
 echo "sidecar binary: $sidecar_bin ($(du -h "$sidecar_bin" | cut -f1))"
 

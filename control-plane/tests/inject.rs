@@ -266,7 +266,11 @@ async fn deployment_pod_gets_sidecar_init_container_and_token() {
     ] {
         assert!(a.windows(2).any(|w| w == pair), "{pair:?} missing in {a:?}");
     }
-    assert_eq!(a[0], "sidecar");
+    assert_eq!(a[0], "--mode");
+    assert_eq!(
+        proxy.command.as_deref(),
+        Some(&["/usr/local/bin/isthmus-sidecar".to_string()][..])
+    );
     // The downward API fills what is unknown at admission (the name is generated later).
     let env: Vec<(&str, &str)> = proxy
         .env

@@ -178,9 +178,12 @@ fn init_container(t: &Template, capture: Vec<String>) -> Value {
     })
 }
 
+/// The sidecar's own binary in the image: a fraction of the multi-call
+/// `isthmus` binary's code, so a fraction of its resident text.
+pub const SIDECAR_COMMAND: &str = "/usr/local/bin/isthmus-sidecar";
+
 fn sidecar_container(pod: &Value, t: &Template) -> Value {
     let mut args: Vec<String> = [
-        "sidecar",
         "--mode",
         "transparent",
         "--control-plane",
@@ -217,6 +220,7 @@ fn sidecar_container(pod: &Value, t: &Template) -> Value {
         "name": SIDECAR_CONTAINER,
         "image": t.image,
         "imagePullPolicy": t.image_pull_policy,
+        "command": [SIDECAR_COMMAND],
         "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": field("metadata.name")},
