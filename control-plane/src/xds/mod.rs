@@ -14,7 +14,9 @@ use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 
 pub use proxy::{ProxyInfo, ProxyRole};
 
@@ -46,33 +48,44 @@ pub struct XdsResource {
 
 /// A generated resource with its content hash, made once per config version
 /// and distinct proxy view and shared (`Arc`) by every stream that sends it.
+///
+/// It keeps the resource encoded (the `google.protobuf.Any` message, type
+/// URL and value): the ADS server writes these bytes into every response
+/// that carries the resource without decoding, cloning or re-encoding it.
 #[derive(Debug, PartialEq)]
 pub struct SharedResource {
     pub name: String,
-    pub resource: Any,
-    /// Hash of the name, type URL and encoded body.
+    /// The encoded `Any`.
+    pub encoded: Bytes,
+    /// Hash of the name and the encoded `Any`.
     pub hash: u64,
 }
 
 impl SharedResource {
-    /// Hashes `resource` once.
+    /// Encodes and hashes `resource` once.
     pub fn new(resource: XdsResource) -> Arc<Self> {
+        let encoded = Bytes::from(resource.resource.encode_to_vec());
         let mut h = DefaultHasher::new();
         resource.name.hash(&mut h);
-        resource.resource.type_url.hash(&mut h);
-        resource.resource.value.hash(&mut h);
+        encoded.hash(&mut h);
         Arc::new(Self {
             hash: h.finish(),
             name: resource.name,
-            resource: resource.resource,
+            encoded,
         })
+    }
+
+    /// The resource as an `Any` (decoded again: for config dumps and tests).
+    pub fn resource(&self) -> Any {
+        // The bytes came from encoding an `Any`, so they decode.
+        Any::decode(self.encoded.clone()).expect("an encoded Any decodes")
     }
 
     /// A plain copy (for config dumps).
     pub fn to_resource(&self) -> XdsResource {
         XdsResource {
             name: self.name.clone(),
-            resource: self.resource.clone(),
+            resource: self.resource(),
         }
     }
 }

@@ -15,7 +15,11 @@
 //! `Arc`s instead of its own copy.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use isthmus_api::naming::Locality;
 
 use crate::xds::{ProxyInfo, ProxyRole, SharedResource, XdsResource};
 
@@ -24,15 +28,114 @@ pub(crate) type Shared = Arc<Vec<Arc<SharedResource>>>;
 
 type Labels = Option<BTreeMap<String, String>>;
 
+/// What of a proxy an assignment depends on (besides the cluster name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct EndpointKey {
-    name: String,
+struct EndpointView {
     role: ProxyRole,
     namespace: String,
     network: String,
     cluster: String,
-    locality: String,
+    locality: Locality,
     labels: Labels,
+}
+
+impl EndpointView {
+    fn of(proxy: &ProxyInfo, by_labels: bool) -> Self {
+        Self {
+            role: proxy.role,
+            namespace: proxy.namespace.clone(),
+            network: proxy.network.clone(),
+            cluster: proxy.cluster.clone(),
+            locality: proxy.locality.clone(),
+            labels: by_labels.then(|| proxy.labels.clone()),
+        }
+    }
+
+    /// Whether `proxy` has this view (compared in place, nothing copied).
+    fn is_of(&self, proxy: &ProxyInfo, by_labels: bool) -> bool {
+        self.role == proxy.role
+            && self.namespace == proxy.namespace
+            && self.network == proxy.network
+            && self.cluster == proxy.cluster
+            && self.locality == proxy.locality
+            && match &self.labels {
+                Some(labels) => by_labels && *labels == proxy.labels,
+                None => !by_labels,
+            }
+    }
+
+    /// The hash of `of(proxy, by_labels)`, without building it.
+    fn hash_of(proxy: &ProxyInfo, by_labels: bool) -> u64 {
+        let mut h = DefaultHasher::new();
+        proxy.role.hash(&mut h);
+        proxy.namespace.hash(&mut h);
+        proxy.network.hash(&mut h);
+        proxy.cluster.hash(&mut h);
+        proxy.locality.hash(&mut h);
+        by_labels.then_some(&proxy.labels).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// One view's values by cluster name.
+type ViewEntry<V> = (EndpointView, HashMap<String, V>);
+
+/// Assignments by proxy view, then by cluster name: an EDS request of
+/// 11,000 names looks each up by `&str` (no key built per name).
+struct ByView<V> {
+    /// By [`EndpointView::hash_of`]; views whose hashes collide share a bucket.
+    views: Mutex<HashMap<u64, Vec<ViewEntry<V>>>>,
+}
+
+impl<V> Default for ByView<V> {
+    fn default() -> Self {
+        Self {
+            views: Mutex::default(),
+        }
+    }
+}
+
+impl<V> fmt::Debug for ByView<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByView")
+            .field("views", &lock(&self.views).len())
+            .finish()
+    }
+}
+
+impl<V: Clone> ByView<V> {
+    /// Looks `name` up for `proxy`'s view, or makes and inserts it (outside
+    /// the lock, as [`get_or_make`]).
+    fn get_or_make(
+        &self,
+        name: &str,
+        proxy: &ProxyInfo,
+        by_labels: bool,
+        make: impl FnOnce() -> V,
+    ) -> V {
+        let hash = EndpointView::hash_of(proxy, by_labels);
+        {
+            let views = lock(&self.views);
+            let hit = views
+                .get(&hash)
+                .and_then(|bucket| bucket.iter().find(|(v, _)| v.is_of(proxy, by_labels)))
+                .and_then(|(_, names)| names.get(name));
+            if let Some(hit) = hit {
+                return hit.clone();
+            }
+        }
+        let made = make();
+        let mut views = lock(&self.views);
+        let bucket = views.entry(hash).or_default();
+        let at = match bucket.iter().position(|(v, _)| v.is_of(proxy, by_labels)) {
+            Some(at) => at,
+            None => {
+                bucket.push((EndpointView::of(proxy, by_labels), HashMap::new()));
+                bucket.len() - 1
+            }
+        };
+        bucket[at].1.entry(name.to_string()).or_insert(made).clone()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -40,20 +143,6 @@ struct RouteKey {
     name: String,
     namespace: String,
     labels: Labels,
-}
-
-impl EndpointKey {
-    fn new(name: &str, proxy: &ProxyInfo, by_labels: bool) -> Self {
-        Self {
-            name: name.to_string(),
-            role: proxy.role,
-            namespace: proxy.namespace.clone(),
-            network: proxy.network.clone(),
-            cluster: proxy.cluster.clone(),
-            locality: proxy.locality.to_string(),
-            labels: by_labels.then(|| proxy.labels.clone()),
-        }
-    }
 }
 
 impl RouteKey {
@@ -70,13 +159,13 @@ impl RouteKey {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     clusters: Mutex<HashMap<String, Arc<Vec<XdsResource>>>>,
-    endpoints: Mutex<HashMap<EndpointKey, Option<XdsResource>>>,
+    endpoints: ByView<Option<XdsResource>>,
     routes: Mutex<HashMap<RouteKey, XdsResource>>,
     /// A sidecar's clusters but its inbound ones, by namespace.
     shared_clusters: Mutex<HashMap<String, Shared>>,
     /// A sidecar's listeners but `virtualInbound`, by namespace.
     shared_listeners: Mutex<HashMap<String, Shared>>,
-    shared_endpoints: Mutex<HashMap<EndpointKey, Option<Arc<SharedResource>>>>,
+    shared_endpoints: ByView<Option<Arc<SharedResource>>>,
     shared_routes: Mutex<HashMap<RouteKey, Arc<SharedResource>>>,
 }
 
@@ -135,11 +224,8 @@ impl Cache {
         by_labels: bool,
         make: impl FnOnce() -> Option<XdsResource>,
     ) -> Option<Arc<SharedResource>> {
-        get_or_make(
-            &self.shared_endpoints,
-            EndpointKey::new(name, proxy, by_labels),
-            || make().map(SharedResource::new),
-        )
+        self.shared_endpoints
+            .get_or_make(name, proxy, by_labels, || make().map(SharedResource::new))
     }
 
     /// One route configuration as `proxy` sees it, shared.
@@ -186,11 +272,7 @@ impl Cache {
         by_labels: bool,
         make: impl FnOnce() -> Option<XdsResource>,
     ) -> Option<XdsResource> {
-        get_or_make(
-            &self.endpoints,
-            EndpointKey::new(name, proxy, by_labels),
-            make,
-        )
+        self.endpoints.get_or_make(name, proxy, by_labels, make)
     }
 
     /// One route configuration as `proxy` sees it.

@@ -11,8 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, trace, warn};
@@ -23,6 +21,7 @@ use super::names::Names;
 use super::push::{Digest, Step, make_before_break, version_info};
 use super::status::{NackStatus, ProxySyncStatus, TypeSyncStatus, View};
 use super::stream::{End, ResponseTx};
+use super::wire::{Request, Response};
 use super::{Inner, RESPONSE_BUFFER, lock};
 use crate::xds::{
     CLUSTER, Changes, ENDPOINT, GenerateError, PUSH_ORDER, ProxyInfo, SharedResource, SharedState,
@@ -53,7 +52,7 @@ struct Sent {
     digest: Digest,
     /// The clusters (CDS only: make before break needs the old ones); other
     /// types keep no resources, a config dump regenerates them.
-    clusters: Option<Vec<Arc<SharedResource>>>,
+    clusters: Option<Arc<Vec<Arc<SharedResource>>>>,
 }
 
 /// A push whose types the proxy has not all ACKed yet.
@@ -112,7 +111,7 @@ impl Connection {
         }
     }
 
-    pub(super) async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), End> {
+    pub(super) async fn on_request(&mut self, request: Request) -> Result<(), End> {
         let type_url = request.type_url;
         if type_url.is_empty() {
             return Err(End::Reject(Status::invalid_argument(
@@ -123,7 +122,15 @@ impl Connection {
             _ if is_wildcard_type(&type_url) => Names::default(),
             // An ACK: usually the same names (no set built).
             Some(state) if state.names.same_as(&request.resource_names) => state.names.clone(),
-            _ => self.inner.names.intern(request.resource_names),
+            _ => self
+                .inner
+                .names
+                .intern(&request.resource_names)
+                .map_err(|e| {
+                    End::Reject(Status::invalid_argument(format!(
+                        "DiscoveryRequest for {type_url}: {e}"
+                    )))
+                })?,
         };
         let respond = match self.types.get_mut(&type_url) {
             None => {
@@ -247,7 +254,7 @@ impl Connection {
             .types
             .get(CLUSTER)
             .and_then(|t| t.sent.as_ref())
-            .and_then(|s| Some((s.clusters.as_deref()?, s.digest)));
+            .and_then(|s| Some((s.clusters.as_deref()?.as_slice(), s.digest)));
         let steps = make_before_break(changed, sent_clusters);
         let awaiting: BTreeSet<String> = steps.iter().map(|s| s.type_url.clone()).collect();
         let sent: Vec<&str> = steps.iter().map(|s| short_type(&s.type_url)).collect();
@@ -382,15 +389,14 @@ impl Connection {
     async fn send(&mut self, step: Step) -> Result<(), End> {
         let version = version_info(self.current.state.version(), step.digest);
         let nonce = self.inner.nonce();
-        let response = DiscoveryResponse {
+        let count = step.resources.len();
+        let resources = Arc::new(step.resources);
+        let response = Response {
             version_info: version.clone(),
-            resources: step.resources.iter().map(|r| r.resource.clone()).collect(),
+            resources: resources.clone(),
             type_url: step.type_url.clone(),
             nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: CONTROL_PLANE_ID.to_string(),
-            }),
-            ..DiscoveryResponse::default()
+            control_plane: CONTROL_PLANE_ID,
         };
         // A proxy that stops reading must not hold up shutdown.
         tokio::select! {
@@ -402,7 +408,7 @@ impl Connection {
             type_url = step.type_url,
             version,
             nonce,
-            resources = step.resources.len(),
+            resources = count,
             partial = step.partial,
             "sent"
         );
@@ -411,7 +417,7 @@ impl Connection {
                 version,
                 nonce,
                 digest: step.digest,
-                clusters: (step.type_url == CLUSTER).then_some(step.resources),
+                clusters: (step.type_url == CLUSTER).then_some(resources),
             });
         }
         Ok(())

@@ -28,7 +28,9 @@
 //!   subscribed to are sent: state-of-the-world EDS and RDS responses need
 //!   not repeat unchanged resources (only LDS and CDS carry the whole set).
 //! - Resources are generated once per state and proxy view and shared
-//!   (`Arc`) by every stream; a stream keeps digests, not copies.
+//!   (`Arc`) by every stream; a stream keeps digests, not copies. They are
+//!   kept encoded and written into each response as they are (`grpc`,
+//!   `wire`): no stream holds a copy of a whole response.
 //! - At most `push_throttle` streams generate and send at once (istiod's
 //!   `PILOT_PUSH_THROTTLE`, 100): a mass reconnect does not hold a
 //!   half-built config per proxy at the same time.
@@ -44,6 +46,7 @@
 
 mod connection;
 mod debounce;
+mod grpc;
 mod metrics;
 mod names;
 mod push;
@@ -51,6 +54,7 @@ mod status;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -58,19 +62,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status, Streaming};
 
+pub use grpc::AdsService;
 pub use metrics::AdsMetrics;
 pub use status::{NackStatus, ProxySyncStatus, TypeSyncStatus};
 
@@ -196,9 +194,27 @@ impl AdsServer {
         }
     }
 
-    /// The tonic service, for `tonic::transport::Server::builder().add_service(..)`.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
+    /// The gRPC service, for `tonic::transport::Server::builder().add_service(..)`.
+    pub fn service(&self) -> AdsService {
+        AdsService {
+            server: self.clone(),
+        }
+    }
+
+    /// Starts the task serving one `StreamAggregatedResources` stream;
+    /// returns where its responses come out.
+    fn open_stream(
+        &self,
+        requests: grpc::Requests,
+        peer: Option<SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<wire::Response, Status>>, Status> {
+        if self.inner.close.is_cancelled() {
+            return Err(stream::shutting_down());
+        }
+        self.start_debouncer();
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(stream::run(self.inner.clone(), requests, tx, peer));
+        Ok(rx)
     }
 
     /// Serves ADS on `listener` over plain HTTP/2 until `shutdown` is
@@ -267,42 +283,6 @@ impl fmt::Debug for AdsServer {
             .field("connections", &self.inner.connections.len())
             .field("closed", &self.inner.close.is_cancelled())
             .finish_non_exhaustive()
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        if self.inner.close.is_cancelled() {
-            return Err(stream::shutting_down());
-        }
-        self.start_debouncer();
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(stream::run(
-            self.inner.clone(),
-            request.into_inner(),
-            tx,
-            peer,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    type DeltaAggregatedResourcesStream =
-        tokio_stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "Isthmus serves state-of-the-world ADS (StreamAggregatedResources) only",
-        ))
     }
 }
 

@@ -8,8 +8,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
 
 use super::lock;
 
@@ -31,11 +33,13 @@ struct NamesDigest {
 }
 
 impl NamesDigest {
-    fn of<'a>(names: impl IntoIterator<Item = &'a String>) -> Self {
+    /// Of names as bytes (received names are not checked to be UTF-8 until
+    /// they are interned; a string hashes as its bytes).
+    fn of<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut d = NamesDigest::default();
         for n in names {
             let mut h = DefaultHasher::new();
-            n.hash(&mut h);
+            h.write(n);
             d.count += 1;
             d.sum = d.sum.wrapping_add(h.finish());
         }
@@ -51,8 +55,8 @@ impl PartialEq for Names {
 
 impl Names {
     /// Whether a request's names are these (a digest match, as an ACK's are).
-    pub(super) fn same_as(&self, requested: &[String]) -> bool {
-        self.digest == NamesDigest::of(requested)
+    pub(super) fn same_as(&self, requested: &[Bytes]) -> bool {
+        self.digest == NamesDigest::of(requested.iter().map(|n| &n[..]))
     }
 
     pub(super) fn len(&self) -> usize {
@@ -71,10 +75,19 @@ pub(super) struct Interner {
 }
 
 impl Interner {
-    /// The shared set of `requested` names.
-    pub(super) fn intern(&self, requested: Vec<String>) -> Names {
-        let set: BTreeSet<String> = requested.into_iter().collect();
-        let digest = NamesDigest::of(&set);
+    /// The shared set of `requested` names; fails on a name that is not
+    /// UTF-8, with its position.
+    pub(super) fn intern(&self, requested: &[Bytes]) -> Result<Names, NotUtf8> {
+        let set = requested
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                std::str::from_utf8(n)
+                    .map(str::to_string)
+                    .map_err(|_| NotUtf8(i))
+            })
+            .collect::<Result<BTreeSet<String>, _>>()?;
+        let digest = NamesDigest::of(set.iter().map(String::as_bytes));
         let mut sets = lock(&self.sets);
         if sets.len() >= SWEEP_AT {
             sets.retain(|_, w| w.strong_count() > 0);
@@ -95,6 +108,11 @@ impl Interner {
                 set
             }
         };
-        Names { set, digest }
+        Ok(Names { set, digest })
     }
 }
+
+/// A requested name that is not UTF-8: its index in `resource_names`.
+#[derive(Debug, thiserror::Error)]
+#[error("resource_names[{0}] is not UTF-8")]
+pub(super) struct NotUtf8(pub(super) usize);

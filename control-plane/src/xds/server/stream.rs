@@ -5,18 +5,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
-use tonic::{Code, Status, Streaming};
+use tonic::Status;
 use tracing::{Instrument, Span, debug, field, warn};
 
 use super::Inner;
 use super::connection::Connection;
 use super::debounce::Update;
+use super::grpc::Requests;
+pub(super) use super::grpc::ResponseTx;
+use super::wire::Request;
 use crate::xds::ProxyInfo;
-
-/// Where a stream's responses go.
-pub(super) type ResponseTx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
 /// The status ending every stream on shutdown.
 pub(super) fn shutting_down() -> Status {
@@ -33,26 +31,11 @@ pub(super) enum End {
     Reject(Status),
 }
 
-impl End {
-    fn read(status: Status) -> Self {
-        if status.code() == Code::Internal {
-            // Undecodable request.
-            Self::Reject(Status::invalid_argument(format!(
-                "reading DiscoveryRequest: {}",
-                status.message()
-            )))
-        } else {
-            debug!(code = ?status.code(), message = status.message(), "request stream failed");
-            Self::Gone
-        }
-    }
-}
-
 /// Serves one stream until the proxy leaves, breaks the protocol, or the
 /// server shuts down.
 pub(super) async fn run(
     inner: Arc<Inner>,
-    requests: Streaming<DiscoveryRequest>,
+    requests: Requests,
     tx: ResponseTx,
     peer: Option<SocketAddr>,
 ) {
@@ -79,15 +62,11 @@ pub(super) async fn run(
     .await;
 }
 
-async fn serve(
-    inner: Arc<Inner>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: ResponseTx,
-) -> Result<(), End> {
+async fn serve(inner: Arc<Inner>, mut requests: Requests, tx: ResponseTx) -> Result<(), End> {
     let close = inner.close.clone();
     let first = tokio::select! {
         () = close.cancelled() => return Err(End::Shutdown),
-        msg = requests.message() => msg.map_err(End::read)?,
+        msg = requests.message() => msg?,
     };
     let Some(first) = first else {
         return Ok(());
@@ -107,7 +86,7 @@ async fn serve(
     loop {
         tokio::select! {
             () = close.cancelled() => return Err(End::Shutdown),
-            msg = requests.message() => match msg.map_err(End::read)? {
+            msg = requests.message() => match msg? {
                 Some(request) => conn.on_request(request).await?,
                 None => return Ok(()),
             },
@@ -124,7 +103,7 @@ async fn serve(
 }
 
 /// Who is on the stream, from the first request's node.
-fn identify(request: &DiscoveryRequest) -> Result<ProxyInfo, End> {
+fn identify(request: &Request) -> Result<ProxyInfo, End> {
     let node = request.node.as_ref().ok_or_else(|| {
         End::Reject(Status::invalid_argument(
             "the first DiscoveryRequest on a stream must carry a node",

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, advance, timeout};
 
 use super::debounce::{self, Update};
+use super::names::Interner;
 use super::push::{Digest, Step, make_before_break, version_info};
 use crate::xds::{
     CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ROUTE, SharedResource,
@@ -259,4 +260,33 @@ async fn endpoint_only_burst_has_the_short_debounce() {
         waited >= Duration::from_millis(105) && waited < Duration::from_millis(125),
         "{waited:?}"
     );
+}
+
+#[test]
+fn ack_names_are_recognised_without_interning() {
+    let interner = Interner::default();
+    let requested: Vec<bytes::Bytes> = ["b", "a", "c"].map(bytes::Bytes::from).into();
+    let names = interner.intern(&requested).expect("UTF-8");
+    assert_eq!(names.len(), 3);
+    // Any order, as bytes.
+    let again: Vec<bytes::Bytes> = ["c", "b", "a"].map(bytes::Bytes::from).into();
+    assert!(names.same_as(&again));
+    assert!(!names.same_as(&again[..2]));
+    let other: Vec<bytes::Bytes> = ["c", "b", "x"].map(bytes::Bytes::from).into();
+    assert!(!names.same_as(&other));
+    // Interned once: another stream with the same names shares the set.
+    let shared = interner.intern(&again).expect("UTF-8");
+    assert!(Arc::ptr_eq(&names.set, &shared.set));
+}
+
+#[test]
+fn names_that_are_not_utf8_are_refused_with_their_index() {
+    let requested = vec![
+        bytes::Bytes::from_static(b"ok"),
+        bytes::Bytes::from_static(b"\xff\xfe"),
+    ];
+    let error = Interner::default()
+        .intern(&requested)
+        .expect_err("not UTF-8");
+    assert_eq!(error.to_string(), "resource_names[1] is not UTF-8");
 }

@@ -1,0 +1,247 @@
+//! The ADS messages as they go over the wire, without the copies a generic
+//! codec makes.
+//!
+//! - [`Request`] is `DiscoveryRequest` with resource names kept as slices of
+//!   the received message (`Bytes`): a state-of-the-world ACK repeats every
+//!   subscribed name (11,000 at 10k services), and an ACK is usually
+//!   recognised by a digest of them without ever owning them.
+//! - [`Response`] is a `DiscoveryResponse` whose resources are the shared,
+//!   already encoded `Any`s ([`SharedResource::encoded`]). [`Chunks`] writes
+//!   it as a gRPC message in pieces of at most [`CHUNK`] bytes, each a fresh
+//!   buffer (a large resource goes out as the shared bytes themselves), so a
+//!   stream holds at most one piece instead of a buffer as large as its
+//!   largest response. The bytes are exactly those prost writes for the
+//!   same `DiscoveryResponse` (fields in tag order, defaults omitted).
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use crate::xds::SharedResource;
+
+/// Largest piece [`Chunks`] copies into; larger resources go out uncopied.
+pub(super) const CHUNK: usize = 32 * 1024;
+/// gRPC message prefix: compressed flag and big-endian length.
+pub(super) const GRPC_HEADER: usize = 5;
+
+/// `DiscoveryRequest` with resource names kept as shared bytes (same wire
+/// format; names are checked to be UTF-8 only when they are interned).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct Request {
+    #[prost(string, tag = "1")]
+    pub(super) version_info: String,
+    #[prost(message, optional, tag = "2")]
+    pub(super) node: Option<Node>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub(super) resource_names: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    pub(super) type_url: String,
+    #[prost(string, tag = "5")]
+    pub(super) response_nonce: String,
+    #[prost(message, optional, tag = "6")]
+    pub(super) error_detail: Option<RpcStatus>,
+}
+
+/// One `DiscoveryResponse` to send.
+#[derive(Clone, Debug)]
+pub(super) struct Response {
+    pub(super) version_info: String,
+    /// Shared with the stream's state (CDS keeps them for make before break).
+    pub(super) resources: Arc<Vec<Arc<SharedResource>>>,
+    pub(super) type_url: String,
+    pub(super) nonce: String,
+    pub(super) control_plane: &'static str,
+}
+
+/// Field numbers of `DiscoveryResponse`.
+const VERSION_INFO: u32 = 1;
+const RESOURCES: u32 = 2;
+const TYPE_URL: u32 = 4;
+const NONCE: u32 = 5;
+const CONTROL_PLANE: u32 = 6;
+/// `ControlPlane.identifier`.
+const IDENTIFIER: u32 = 1;
+
+/// Length of a length-delimited field with a `len`-byte body.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Length of a proto3 string field (omitted when empty).
+fn string_len(tag: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        delimited_len(tag, value.len())
+    }
+}
+
+fn put_delimited_head(tag: u32, len: usize, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn put_string(tag: u32, value: &str, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        put_delimited_head(tag, value.len(), buf);
+        buf.put_slice(value.as_bytes());
+    }
+}
+
+impl Response {
+    /// Length of the encoded `DiscoveryResponse`.
+    pub(super) fn encoded_len(&self) -> usize {
+        string_len(VERSION_INFO, &self.version_info)
+            + self
+                .resources
+                .iter()
+                .map(|r| delimited_len(RESOURCES, r.encoded.len()))
+                .sum::<usize>()
+            + self.tail_len()
+    }
+
+    /// The `ControlPlane` message's body length.
+    fn control_plane_len(&self) -> usize {
+        string_len(IDENTIFIER, self.control_plane)
+    }
+
+    /// Length of the fields after the resources.
+    fn tail_len(&self) -> usize {
+        string_len(TYPE_URL, &self.type_url)
+            + string_len(NONCE, &self.nonce)
+            + delimited_len(CONTROL_PLANE, self.control_plane_len())
+    }
+
+    fn put_tail(&self, buf: &mut impl BufMut) {
+        put_string(TYPE_URL, &self.type_url, buf);
+        put_string(NONCE, &self.nonce, buf);
+        put_delimited_head(CONTROL_PLANE, self.control_plane_len(), buf);
+        put_string(IDENTIFIER, self.control_plane, buf);
+    }
+
+    /// As prost would encode the equivalent `DiscoveryResponse` (tests, and
+    /// the reference the chunked encoding must equal).
+    #[cfg(test)]
+    pub(super) fn to_message(
+        &self,
+    ) -> envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+        envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.iter().map(|r| r.resource()).collect(),
+            type_url: self.type_url.clone(),
+            nonce: self.nonce.clone(),
+            control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+                identifier: self.control_plane.to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The gRPC message of one [`Response`] in pieces.
+#[derive(Debug)]
+pub(super) struct Chunks {
+    response: Response,
+    /// Next resource to write.
+    next: usize,
+    /// A large resource's bytes, due after the piece holding its prefix.
+    held: Option<Bytes>,
+    /// Bytes of the message not yet written (sizes the pieces).
+    remaining: usize,
+    started: bool,
+    finished: bool,
+}
+
+impl Chunks {
+    /// Fails if the message is larger than gRPC's 4 GiB length prefix allows.
+    pub(super) fn new(response: Response) -> Result<Self, usize> {
+        let len = response.encoded_len();
+        if u32::try_from(len).is_err() {
+            return Err(len);
+        }
+        Ok(Self {
+            response,
+            next: 0,
+            held: None,
+            remaining: GRPC_HEADER + len,
+            started: false,
+            finished: false,
+        })
+    }
+
+    fn head(&self, buf: &mut BytesMut) {
+        let len = self.response.encoded_len();
+        buf.put_u8(0); // not compressed
+        // Checked in `new`.
+        buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        put_string(VERSION_INFO, &self.response.version_info, buf);
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if let Some(held) = self.held.take() {
+            self.remaining = self.remaining.saturating_sub(held.len());
+            return Some(held);
+        }
+        if self.finished {
+            return None;
+        }
+        let piece = self.piece();
+        self.remaining = self.remaining.saturating_sub(piece.len());
+        Some(piece)
+    }
+}
+
+impl Chunks {
+    /// The next piece written into a fresh buffer.
+    fn piece(&mut self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.remaining.min(CHUNK));
+        if !self.started {
+            self.started = true;
+            self.head(&mut buf);
+        }
+        while let Some(resource) = self.response.resources.get(self.next) {
+            let body = &resource.encoded;
+            let len = delimited_len(RESOURCES, body.len());
+            if body.len() > CHUNK / 2 {
+                // Large: its prefix ends this piece, its shared bytes are the next.
+                self.next += 1;
+                put_delimited_head(RESOURCES, body.len(), &mut buf);
+                self.held = Some(body.clone());
+                return buf.freeze();
+            }
+            if buf.len() + len > CHUNK {
+                return buf.freeze();
+            }
+            self.next += 1;
+            put_delimited_head(RESOURCES, body.len(), &mut buf);
+            buf.put_slice(body);
+        }
+        if !buf.is_empty() && buf.len() + self.response.tail_len() > CHUNK {
+            return buf.freeze();
+        }
+        self.response.put_tail(&mut buf);
+        self.finished = true;
+        buf.freeze()
+    }
+}
+
+/// The whole gRPC message of `response` (prefix included), in one buffer.
+#[cfg(test)]
+pub(super) fn encode(response: &Response) -> Vec<u8> {
+    let chunks = Chunks::new(response.clone()).expect("below 4 GiB");
+    let mut out = Vec::new();
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
