@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use isthmus_control_plane::dns_feed::VipRange;
 use isthmus_control_plane::inject::{Template, TlsFiles};
 use isthmus_control_plane::resolve::ResolverOptions;
 use isthmus_control_plane::run::{
@@ -58,6 +59,11 @@ pub(crate) struct ControlPlaneArgs {
     /// checked for changes; a good change is used without a restart.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     ca_reload_interval: Duration,
+    /// CIDR range of the federation-wide VIPs of global services (DNS `vip`
+    /// answers and the sidecars' TCP listeners). Use the same range in every
+    /// cluster of a federation: VIPs are a function of the service name.
+    #[arg(long, default_value = isthmus_control_plane::dns_feed::vip::DEFAULT_RANGE)]
+    vip_range: VipRange,
     /// DNS server (ip:port) for hostname gateway addresses of MeshFederations,
     /// instead of the system's (/etc/resolv.conf). Repeatable.
     #[arg(long)]
@@ -144,6 +150,7 @@ pub(crate) fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         inject,
         extra_roots: args.extra_roots,
         ca_reload_every: args.ca_reload_interval,
+        vip_range: args.vip_range,
         gateway_dns: ResolverOptions {
             name_servers: args.gateway_dns_server,
             ..ResolverOptions::default()

@@ -21,6 +21,7 @@ use crate::ca::{
 };
 use crate::controller::Inputs;
 use crate::debug::{self, DebugState};
+use crate::dns_feed::VipRange;
 use crate::registry::ClusterContext;
 use crate::resolve::{ResolverMetrics, ResolverOptions};
 use crate::xds::generate::MeshConfig;
@@ -79,6 +80,10 @@ pub struct MoreOptions {
     pub ca_reload_every: Duration,
     /// How hostname gateway addresses of MeshFederations are resolved.
     pub gateway_dns: ResolverOptions,
+    /// Federation-wide VIPs of global services: answered by the DNS feed,
+    /// listened on by sidecars for TCP ports. Must be the same range in every
+    /// cluster of a federation (the VIPs are then the same too).
+    pub vip_range: VipRange,
 }
 
 impl Default for MoreOptions {
@@ -88,6 +93,7 @@ impl Default for MoreOptions {
             extra_roots: None,
             ca_reload_every: DEFAULT_CA_RELOAD,
             gateway_dns: ResolverOptions::default(),
+            vip_range: VipRange::default(),
         }
     }
 }
@@ -192,6 +198,7 @@ pub async fn start_full(
         extra_roots,
         ca_reload_every,
         gateway_dns,
+        vip_range,
     } = more;
     let kube_client = match options.source {
         Source::Kubernetes { .. } => Some(kube::Client::try_default().await?),
@@ -249,6 +256,7 @@ pub async fn start_full(
         },
         trust_domain: ca.trust_domain().to_string(),
         trust_bundle_pem: reloader.roots(&ca).to_pem(),
+        vip_range,
         ..MeshConfig::default()
     };
     let ads_metrics = AdsMetrics::register(&mut metrics);
@@ -272,7 +280,10 @@ pub async fn start_full(
     // The DNS servers' feed (isthmus.dns.v1), served next to ADS.
     let dns_feed = crate::dns_feed::DnsFeedService::spawn(
         published.push.clone(),
-        crate::dns_feed::FeedOptions::default(),
+        crate::dns_feed::FeedOptions {
+            vip_range,
+            ..crate::dns_feed::FeedOptions::default()
+        },
         shutdown.clone(),
     );
     let ads = AdsServer::new(

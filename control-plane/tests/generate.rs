@@ -187,6 +187,7 @@ fn push_context(extra: &str) -> PushContext {
         trust_domain: "east.isthmus.local".into(),
         trust_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         root_namespace: "istio-system".into(),
+        ..MeshConfig::default()
     };
     PushContext::build(&store.snapshot(), mesh)
 }
@@ -391,4 +392,65 @@ fn every_resource_decodes_with_its_exact_type_url() {
             }
         }
     }
+}
+
+/// The DNS server answers a global service's VIP (`vip` policy); a TCP port
+/// only works if the sidecar has a listener on that VIP, so both come from
+/// one allocation and must agree.
+#[test]
+fn sidecars_listen_on_the_vips_dns_answers_for_global_tcp_services() {
+    use isthmus_control_plane::dns_feed::VipRange;
+    use isthmus_control_plane::dns_feed::build::snapshot;
+    let pc = push_context(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: redis-global, namespace: sample}
+spec:
+  hosts: [redis.sample.global]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 6379, name: tcp-redis, protocol: TCP}]
+  endpoints:
+  - address: 127.0.20.2
+    ports: {tcp-redis: 15443}
+    network: net-west
+    locality: us-west/us-west-1a
+    labels: {topology.istio.io/cluster: west}
+"#,
+    );
+    let feed = snapshot(&pc.registry, "east", &VipRange::default(), 1);
+    let vip = |name: &str| {
+        feed.services
+            .iter()
+            .find(|s| s.name == name && s.namespace == "sample")
+            .unwrap_or_else(|| panic!("{name} not in the DNS feed"))
+            .vips[0]
+            .clone()
+    };
+    let redis = vip("redis");
+    assert!(redis.starts_with("240.240."), "{redis}");
+    let sleep = proxy(ProxyRole::Sidecar, "sleep", "us-east/us-east-1a");
+    let listeners = render(&pc, &sleep, LISTENER, &[], |_| true);
+    let name = format!("{redis}_6379");
+    let l = listeners
+        .iter()
+        .find(|l| l["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no listener {name}"));
+    let text = l.to_string();
+    assert!(
+        text.contains("outbound|6379||redis.sample.global"),
+        "{text}"
+    );
+    assert_eq!(l["address"]["socketAddress"]["address"], redis.as_str());
+    // Another range moves both, together.
+    let range: VipRange = "10.250.0.0/16".parse().unwrap();
+    let other = snapshot(&pc.registry, "east", &range, 1);
+    let moved = &other
+        .services
+        .iter()
+        .find(|s| s.name == "redis")
+        .unwrap()
+        .vips[0];
+    assert!(moved.starts_with("10.250."), "{moved}");
 }

@@ -21,7 +21,6 @@ use crate::registry::{Protocol, Registry};
 #[derive(Default)]
 struct Group {
     ports: Vec<proto::Port>,
-    declared_vips: Vec<IpAddr>,
     /// cluster → (network, address → endpoint)
     clusters: BTreeMap<String, (String, BTreeMap<String, proto::Endpoint>)>,
     exported: bool,
@@ -36,7 +35,7 @@ pub fn snapshot(
 ) -> proto::Snapshot {
     let mut groups: BTreeMap<ServiceName, Group> = BTreeMap::new();
     for svc in registry.services() {
-        let Some((name, kind)) = ServiceName::from_host(&svc.hostname) else {
+        let Some((name, _)) = ServiceName::from_host(&svc.hostname) else {
             continue;
         };
         let g = groups.entry(name).or_default();
@@ -48,14 +47,6 @@ pub fn snapshot(
                     number: u32::from(p.port),
                     protocol: protocol_name(p.protocol).into(),
                 });
-            }
-        }
-        // A cluster IP is this cluster's own; only cluster-set hosts declare federation VIPs.
-        if kind != HostKind::ClusterLocal {
-            for a in &svc.addresses {
-                if !g.declared_vips.contains(a) {
-                    g.declared_vips.push(*a);
-                }
             }
         }
         for e in &svc.endpoints {
@@ -79,15 +70,11 @@ pub fn snapshot(
             ep.weight = ep.weight.max(if e.healthy { e.weight } else { 0 });
         }
     }
-    let names: Vec<(String, Vec<IpAddr>)> = groups
-        .iter()
-        .map(|(n, g)| (n.global_host(), g.declared_vips.clone()))
-        .collect();
-    let vips = vip::allocate(range, &names);
+    let mut vips = global_vips(registry, range);
     let services = groups
         .into_iter()
-        .zip(vips)
-        .map(|((name, mut g), vips)| {
+        .map(|(name, mut g)| {
+            let vips = vips.remove(&name).unwrap_or_default();
             g.ports.sort_by_key(|p| p.number);
             proto::GlobalService {
                 name: name.name,
@@ -117,6 +104,64 @@ pub fn snapshot(
         cluster: cluster.to_string(),
         services,
     }
+}
+
+/// The federation-wide VIPs of every global service (`<svc>.<ns>`) the
+/// registry knows under any of its names: addresses its `.global` or
+/// clusterset hosts declare are kept, the rest are allocated from `range`
+/// by name ([`vip`]). The DNS feed answers them, and sidecars listen on them
+/// for the service's TCP ports, so both always agree.
+pub fn global_vips(registry: &Registry, range: &VipRange) -> BTreeMap<ServiceName, Vec<IpAddr>> {
+    let mut declared: BTreeMap<ServiceName, Vec<IpAddr>> = BTreeMap::new();
+    for svc in registry.services() {
+        let Some((name, kind)) = ServiceName::from_host(&svc.hostname) else {
+            continue;
+        };
+        let d = declared.entry(name).or_default();
+        // A cluster IP is this cluster's own; only cluster-set hosts declare federation VIPs.
+        if kind != HostKind::ClusterLocal {
+            for a in &svc.addresses {
+                if !d.contains(a) {
+                    d.push(*a);
+                }
+            }
+        }
+    }
+    let names: Vec<(String, Vec<IpAddr>)> = declared
+        .iter()
+        .map(|(n, d)| (n.global_host(), d.clone()))
+        .collect();
+    declared
+        .into_keys()
+        .zip(vip::allocate(range, &names))
+        .collect()
+}
+
+/// For each global service, the registry host whose TCP ports get listeners
+/// on its VIPs — the `.global` host if there is one (imports merge the local
+/// endpoints into it), else the clusterset host, else the local service —
+/// with those VIPs.
+pub fn vip_listener_hosts(registry: &Registry, range: &VipRange) -> BTreeMap<String, Vec<IpAddr>> {
+    let vips = global_vips(registry, range);
+    let mut target: BTreeMap<ServiceName, (u8, &str)> = BTreeMap::new();
+    for svc in registry.services() {
+        let Some((name, kind)) = ServiceName::from_host(&svc.hostname) else {
+            continue;
+        };
+        let rank = match kind {
+            HostKind::Global => 0,
+            HostKind::ClusterSet => 1,
+            HostKind::ClusterLocal => 2,
+        };
+        let t = target.entry(name).or_insert((rank, &svc.hostname));
+        if rank < t.0 {
+            *t = (rank, &svc.hostname);
+        }
+    }
+    target
+        .into_iter()
+        .filter_map(|(name, (_, host))| Some((host.to_string(), vips.get(&name)?.clone())))
+        .collect()
 }
 
 fn protocol_name(p: Protocol) -> &'static str {

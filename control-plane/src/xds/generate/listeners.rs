@@ -4,7 +4,8 @@
 //! `virtualOutbound` on 15001 hands connections to per-port listeners by
 //! original destination; `0.0.0.0_<port>` runs the HTTP connection manager
 //! with RDS route config `<port>`; TCP service ports get `<vip>_<port>` with
-//! a TCP proxy. Inbound: `virtualInbound` on 15006 terminates mesh mTLS
+//! a TCP proxy, for the addresses the service declares and for the
+//! federation-wide VIPs the DNS server answers for its global name. Inbound: `virtualInbound` on 15006 terminates mesh mTLS
 //! (SDS certificate, trust bundle, SPIFFE URI SANs), applies
 //! AuthorizationPolicy as Envoy RBAC, and forwards to `inbound|<port>||`.
 //! PeerAuthentication decides whether plaintext is also accepted.
@@ -53,7 +54,8 @@ pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
             if port.protocol.is_http() {
                 http_ports.insert(port.port);
             } else {
-                for vip in &svc.addresses {
+                let global = pc.global_vips.get(&svc.hostname).into_iter().flatten();
+                for vip in svc.addresses.iter().chain(global) {
                     let name = format!("{vip}_{}", port.port);
                     tcp.entry(name).or_insert_with(|| {
                         (

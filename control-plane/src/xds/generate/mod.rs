@@ -36,6 +36,8 @@ use super::{
     CLUSTER, Changes, ConfigState, ENDPOINT, EndpointChanges, GenerateError, LISTENER, ProxyInfo,
     ProxyRole, ROUTE, SECRET, SharedResource, XdsResource,
 };
+use crate::dns_feed::build::vip_listener_hosts;
+use crate::dns_feed::vip::VipRange;
 use crate::registry::{ClusterContext, Registry, Resolution, Service};
 use crate::resolve::ResolvedGateways;
 
@@ -52,6 +54,9 @@ pub struct MeshConfig {
     pub trust_bundle_pem: String,
     /// Namespace whose policies apply mesh-wide (Istio's root namespace).
     pub root_namespace: String,
+    /// Where federation-wide VIPs of global services come from (the DNS
+    /// feed's range: sidecars listen on the VIPs DNS answers).
+    pub vip_range: VipRange,
 }
 
 impl Default for MeshConfig {
@@ -61,6 +66,7 @@ impl Default for MeshConfig {
             trust_domain: "cluster.local".into(),
             trust_bundle_pem: String::new(),
             root_namespace: "istio-system".into(),
+            vip_range: VipRange::default(),
         }
     }
 }
@@ -84,6 +90,9 @@ pub struct PushContext {
     pub resolved_gateways: Arc<ResolvedGateways>,
     /// Cluster name → trust domain (this cluster and every peer).
     pub trust_domains: BTreeMap<String, String>,
+    /// Host → the federation-wide VIPs its TCP ports listen on
+    /// ([`vip_listener_hosts`]).
+    pub global_vips: Arc<BTreeMap<String, Vec<IpAddr>>>,
     pub virtual_services: Vec<Arc<Resource>>,
     /// Destination rules by host they apply to.
     pub destination_rules: BTreeMap<String, Vec<Arc<Resource>>>,
@@ -125,6 +134,7 @@ impl PushContext {
         generation: u64,
     ) -> PushContext {
         let registry = Registry::build(snapshot, &mesh.cluster);
+        let global_vips = Arc::new(vip_listener_hosts(&registry, &mesh.vip_range));
         let mut warnings = registry.warnings.clone();
         let gateways = gateway_addresses(snapshot, &resolved, &mut warnings);
         let mut trust_domains = BTreeMap::new();
@@ -163,6 +173,7 @@ impl PushContext {
             gateways,
             resolved_gateways: resolved,
             trust_domains,
+            global_vips,
             virtual_services: snapshot.of_kind(Kind::VirtualService).cloned().collect(),
             destination_rules,
             peer_authentications: snapshot
@@ -306,6 +317,11 @@ impl PushContext {
             Changes::All => cache::Cache::default(),
             Changes::None | Changes::Endpoints(_) => self.cache.carry_over(),
         };
+        // Names and addresses only change with a change that is not endpoints-only.
+        let global_vips = match &changes {
+            Changes::All => Arc::new(vip_listener_hosts(&registry, &self.mesh.vip_range)),
+            Changes::None | Changes::Endpoints(_) => self.global_vips.clone(),
+        };
         let pc = PushContext {
             version: version + self.generation,
             store_version: version,
@@ -315,6 +331,7 @@ impl PushContext {
             gateways: self.gateways.clone(),
             resolved_gateways: self.resolved_gateways.clone(),
             trust_domains: self.trust_domains.clone(),
+            global_vips,
             virtual_services: self.virtual_services.clone(),
             destination_rules: self.destination_rules.clone(),
             peer_authentications: self.peer_authentications.clone(),
