@@ -51,6 +51,14 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
+/// Bytes the headers take in an HTTP/1.1 head (`name: value\r\n`).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -145,8 +153,12 @@ where
         let in_flight = InFlight::new(&a);
         let handler = handler.clone();
         async move {
-            // HTTP/1.1 has hyper's own count; HTTP/2 only a size limit.
-            let resp = if req.headers().len() > limits.max_headers {
+            // Checked here for both protocols: hyper's HTTP/1.1 buffer limit
+            // is not a bound on the head (a 61 KiB header passed), and
+            // HTTP/2 has a size limit but no count.
+            let resp = if req.headers().len() > limits.max_headers
+                || header_bytes(req.headers()) > limits.max_header_bytes
+            {
                 too_large()
             } else {
                 handler(req).await

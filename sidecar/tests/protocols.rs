@@ -362,14 +362,14 @@ async fn h2_upgrade_policy_picks_the_mesh_hop_protocol() {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         v["protocol"].as_str().unwrap().to_string()
     };
-    // Default: HTTP/2 between sidecars, whatever the app spoke.
-    assert_eq!(
-        get(&c, sleep.outbound(), HELLO, "/").await.status,
-        StatusCode::OK
-    );
+    // Default (Istio's DO_NOT_UPGRADE): the app's HTTP/1.1 stays HTTP/1.1 on the mTLS hop.
+    let r = get(&c, sleep.outbound(), HELLO, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let xfcc = r.json()["headers"]["x-forwarded-client-cert"].to_string();
+    assert!(xfcc.contains("sa/sleep"), "mTLS: {xfcc}");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(hop(&mut lines), "HTTP/2");
-    // DO_NOT_UPGRADE keeps the app's HTTP/1.1 on the mTLS hop.
+    assert_eq!(hop(&mut lines), "HTTP/1.1");
+    // UPGRADE: HTTP/2 between the sidecars, whatever the app spoke.
     mesh.write(
         "dr.yaml",
         r#"
@@ -379,13 +379,13 @@ metadata: {name: helloworld, namespace: sample}
 spec:
   host: helloworld.sample.svc.cluster.local
   trafficPolicy:
-    connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
 "#,
     );
     mesh.wait_config(&sleep, |s| {
         s.clusters
             .get("outbound|5000||helloworld.sample.svc.cluster.local")
-            .is_some_and(|c| !c.pool().settings().http2)
+            .is_some_and(|c| c.pool().settings().http2)
     })
     .await;
     let r = get(&c, sleep.outbound(), HELLO, "/").await;
@@ -393,5 +393,5 @@ spec:
     let xfcc = r.json()["headers"]["x-forwarded-client-cert"].to_string();
     assert!(xfcc.contains("sa/sleep"), "still mTLS: {xfcc}");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(hop(&mut lines), "HTTP/1.1");
+    assert_eq!(hop(&mut lines), "HTTP/2");
 }

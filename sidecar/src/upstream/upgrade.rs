@@ -6,9 +6,10 @@
 //!   ◄── 101 Switching Protocols ── each hop answers 101 downstream, then splices the upgraded bytes
 //! ```
 //!
-//! The mesh hop between sidecars is HTTP/2, but an upgrade crosses it as
-//! HTTP/1.1 on a connection of its own rather than as an extended CONNECT
-//! stream (RFC 8441). Why:
+//! When the mesh hop between sidecars is HTTP/2 (HTTP/2 ports,
+//! `h2UpgradePolicy: UPGRADE`), an upgrade still crosses it as HTTP/1.1 on
+//! a connection of its own rather than as an extended CONNECT stream
+//! (RFC 8441). Why:
 //! - it is what Istio does by default (Envoy keeps a WebSocket on HTTP/1.1
 //!   upstream unless told otherwise), and what every app already speaks;
 //! - an upgraded connection lives for minutes or hours: sharing a pooled

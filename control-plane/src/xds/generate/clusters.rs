@@ -132,8 +132,8 @@ pub fn outbound(
         }
     }
     // HTTP/2 ports speak HTTP/2; an HTTP/1.1 port's hop follows
-    // `h2UpgradePolicy` (unset: the proxy's default, HTTP/2 between
-    // sidecars over mesh mTLS, HTTP/1.1 otherwise).
+    // `h2UpgradePolicy` (unset: the proxy's default, HTTP/1.1 — Istio's
+    // mesh-wide default DO_NOT_UPGRADE).
     let upgrade = policy
         .connection_pool
         .and_then(|cp| cp.http.as_ref())
