@@ -3,7 +3,7 @@
 # 1 KiB body), in one run, on loopback:
 #
 #   direct   client → app
-#   mesh     client → sidecar → mTLS (HTTP/2) → sidecar → app
+#   mesh     client → sidecar → mTLS (HTTP/1.1, as the app speaks) → sidecar → app
 #   nginx    client → nginx → TLS (mutual, keep-alive) → nginx → app
 #
 # each at a fixed 1,000 requests/s over 16 connections (sidecar/examples/
@@ -20,8 +20,8 @@
 #   CONCURRENCY=2 (sidecar worker threads)  BUILD=0 (use the binaries already built)
 #   LTO=1 (isthmus-sidecar from the `dist` profile, as the image ships it:
 #          fat LTO, one codegen unit; a smaller binary maps less memory; ~10 min)
-#   MESH_HOP=http1 (DestinationRule h2UpgradePolicy: DO_NOT_UPGRADE: HTTP/1.1
-#                   on the mTLS hop instead of the default HTTP/2)
+#   MESH_HOP=http2 (DestinationRule h2UpgradePolicy: UPGRADE: HTTP/2 on the
+#                   mTLS hop instead of the default, the app's HTTP/1.1)
 #   PROFILE=1 (perf record both sidecars during the mesh max-throughput run,
 #              into perf-client.data / perf-server.data next to the results)
 # Installs nginx, wrk and nghttp2-client with apt when missing. Runs about
@@ -171,7 +171,7 @@ kind: WorkloadEntry
 metadata: {name: bench, namespace: sample}
 spec: {address: $net.11, labels: {app: bench}, serviceAccount: bench}
 EOF
-if [[ ${MESH_HOP:-} == http1 ]]; then
+if [[ ${MESH_HOP:-} == http2 ]]; then
   cat >>"$work/config/bench.yaml" <<EOF
 ---
 apiVersion: networking.istio.io/v1
@@ -179,7 +179,7 @@ kind: DestinationRule
 metadata: {name: bench, namespace: sample}
 spec:
   host: $host
-  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
 EOF
 fi
 for i in $(seq 1 "$services"); do
