@@ -3,30 +3,48 @@
 # vs nginx (`stream` + `ssl_preread`), all SNI passthrough to the same TLS
 # backend (nginx https), under the same load, one after the other.
 #
-#   scripts/bench-gateway.sh            # release build of isthmus expected in target/release
-#   ISTHMUS_BIN=/path/to/isthmus DURATION=10 scripts/bench-gateway.sh
+#   scripts/bench-gateway.sh                     # builds, 2 rounds, DURATION=10 CONC=32
+#   LTO=1 ROUNDS=3 DURATION=8 scripts/bench-gateway.sh
 #
 # Figures per proxy (and for the backend direct, as the baseline), with the
 # load from gateway/bench-load (rustls, full handshakes, no resumption):
 #   new TLS connections/s  CONC clients, one request per connection (`Connection: close`)
 #   bulk MB/s              4 keep-alive connections downloading 32 MiB objects
 #   p50/p99 latency        8 keep-alive connections, 64-byte responses
-#   RSS                    peak VmHWM of the proxy's processes after the runs
-# Every proxy gets 2 worker threads/processes. Output: a Markdown table on stdout.
+#   RSS                    peak VmHWM of the proxy's processes over its turn
+# Every proxy gets 2 worker threads/processes and is started fresh for its
+# turn (so each peak RSS covers the same load). Rounds alternate the order
+# of the targets; each round prints its table and its ratios to HAProxy.
+#
+# Options (environment):
+#   DURATION, CONC, ROUNDS   seconds per figure, clients for conns/s, rounds (2)
+#   GATEWAYS  the gateway variants, `;`-separated `name=binary flags`, binary
+#             `multi` (isthmus gateway), `thin` (isthmus-gateway) or a path to
+#             an isthmus-gateway binary; default:
+#             "isthmus-multi-copy=multi --zero-copy off;isthmus-copy=thin --zero-copy off;isthmus-splice=thin --zero-copy on"
+#   LTO=1     isthmus-gateway from the `dist` profile (fat LTO, one codegen
+#             unit; a smaller binary maps less memory; ~10 min to build)
+#   BUILD=0   use the binaries as they are (ISTHMUS_BIN, GATEWAY_BIN)
 set -euo pipefail
 
 DURATION=${DURATION:-10}
 CONC=${CONC:-32}
+ROUNDS=${ROUNDS:-2}
+GATEWAYS=${GATEWAYS:-"isthmus-multi-copy=multi --zero-copy off;isthmus-copy=thin --zero-copy off;isthmus-splice=thin --zero-copy on"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${ISTHMUS_BIN:-$ROOT/target/release/isthmus}
-LOAD=${TLS_LOAD_BIN:-$ROOT/gateway/bench-load/target/release/isthmus-tls-load}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=${ISTHMUS_BIN:-$TARGET/release/isthmus}
+PROFILE_DIR=release
+[[ -n ${LTO:-} ]] && PROFILE_DIR=dist
+GATEWAY_BIN=${GATEWAY_BIN:-$TARGET/$PROFILE_DIR/isthmus-gateway}
+LOAD=${TLS_LOAD_BIN:-$TARGET/bench-load/release/isthmus-tls-load}
 WORK=$(mktemp -d /tmp/bench-gateway.XXXXXX)
 SNI=outbound_.19443_._.bench.sample.svc.cluster.local
 BACKEND=19443 CP=25010 CP_DEBUG=25014 ISTHMUS=25443 ADMIN=25000 HAPROXY=26443 NGINX=27443
 PIDS=()
 
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in ${PROXY_PID:-} "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -37,8 +55,22 @@ if ! need haproxy || ! need nginx || ! need openssl || ! need curl || [ ! -e /us
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream openssl curl >/dev/null
 fi
+if [[ ${BUILD:-1} != 0 ]]; then
+    echo "== build (release)" >&2
+    (cd "$ROOT" && cargo build --release -q -p isthmus-cli -p isthmus-gateway --bins)
+    if [[ -n ${LTO:-} ]]; then
+        echo "== build isthmus-gateway with the dist profile (fat LTO, one codegen unit)" >&2
+        (cd "$ROOT" && cargo build --profile dist -q -p isthmus-gateway --bin isthmus-gateway)
+    fi
+fi
 [ -x "$BIN" ] || { echo "no isthmus binary at $BIN (cargo build --release -p isthmus-cli)" >&2; exit 1; }
-[ -x "$LOAD" ] || (cd "$ROOT/gateway/bench-load" && cargo build --release -q)
+[ -x "$GATEWAY_BIN" ] || { echo "no isthmus-gateway binary at $GATEWAY_BIN" >&2; exit 1; }
+if [[ ${BUILD:-1} != 0 || ! -x $LOAD ]]; then
+    (cd "$ROOT/gateway/bench-load" && CARGO_TARGET_DIR=$TARGET/bench-load cargo build --release -q)
+fi
+echo "isthmus: $BIN ($(du -h "$BIN" | cut -f1)); isthmus-gateway: $GATEWAY_BIN ($(du -h "$GATEWAY_BIN" | cut -f1))"
+echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); nproc: $(nproc); kernel: $(uname -r)"
+echo "DURATION=$DURATION CONC=$CONC ROUNDS=$ROUNDS GATEWAYS=\"$GATEWAYS\"${LTO:+ LTO=1}"
 
 wait_port() {
     for _ in $(seq 100); do
@@ -106,10 +138,6 @@ ISTHMUS_LOG=warn "$BIN" control-plane --cluster bench --config-dir "$WORK/config
     --listen 127.0.0.1:$CP --debug-listen 127.0.0.1:$CP_DEBUG 2>"$WORK/cp.log" &
 PIDS+=($!)
 wait_port $CP
-ISTHMUS_LOG=warn "$BIN" gateway --cluster bench --control-plane 127.0.0.1:$CP \
-    --listen 127.0.0.1:$ISTHMUS --admin 127.0.0.1:$ADMIN --threads 2 2>"$WORK/gateway.log" &
-GATEWAY_PID=$!
-PIDS+=($GATEWAY_PID)
 
 # --- HAProxy: req.ssl_sni ----------------------------------------------------
 cat > "$WORK/haproxy.cfg" <<EOF
@@ -129,9 +157,6 @@ frontend eastwest
 backend bench
     server s1 127.0.0.1:$BACKEND
 EOF
-haproxy -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" &
-HAPROXY_PID=$!
-PIDS+=($HAPROXY_PID)
 
 # --- nginx stream + ssl_preread ---------------------------------------------
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
@@ -153,58 +178,153 @@ stream {
     }
 }
 EOF
-nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
-PIDS+=($NGINX_PID)
 
-for p in $BACKEND $ISTHMUS $HAPROXY $NGINX; do wait_port "$p"; done
-# The gateway routes once the control plane's config arrived.
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$ADMIN/routes" 2>/dev/null | grep -q "$SNI" && break
-    sleep 0.1
+wait_port $BACKEND
+
+# --- the proxies, one at a time ------------------------------------------------
+declare -A GW_KIND GW_FLAGS
+GW_NAMES=()
+IFS=';' read -r -a gw_specs <<<"$GATEWAYS"
+for spec in "${gw_specs[@]}"; do
+    name=${spec%%=*}; rest=${spec#*=}
+    GW_NAMES+=("$name"); GW_KIND[$name]=${rest%% *}
+    GW_FLAGS[$name]=
+    if [[ $rest == *" "* ]]; then GW_FLAGS[$name]=${rest#* }; fi
 done
+
+PROXY_PID=''
+PROXY_PORT=''
+start_proxy() {  # name: sets PROXY_PID and PROXY_PORT
+    local name=$1
+    case $name in
+        direct) PROXY_PID=; PROXY_PORT=$BACKEND; return ;;
+        haproxy)
+            haproxy -db -f "$WORK/haproxy.cfg" 2>>"$WORK/haproxy.log" &
+            PROXY_PID=$!; PROXY_PORT=$HAPROXY ;;
+        nginx)
+            nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" -g 'daemon off;' &
+            PROXY_PID=$!; PROXY_PORT=$NGINX ;;
+        *)
+            local cmd
+            case ${GW_KIND[$name]} in
+                multi) cmd=("$BIN" gateway) ;;
+                thin) cmd=("$GATEWAY_BIN") ;;
+                *) cmd=("${GW_KIND[$name]}") ;;
+            esac
+            # shellcheck disable=SC2086 # the flags are words
+            ISTHMUS_LOG=warn "${cmd[@]}" --cluster bench --control-plane 127.0.0.1:$CP \
+                --listen 127.0.0.1:$ISTHMUS --admin 127.0.0.1:$ADMIN --threads 2 \
+                ${GW_FLAGS[$name]} 2>>"$WORK/gateway-$name.log" &
+            PROXY_PID=$!; PROXY_PORT=$ISTHMUS ;;
+    esac
+    wait_port "$PROXY_PORT"
+    if [[ -n ${GW_KIND[$name]:-} ]]; then
+        # The gateway routes once the control plane's config arrived.
+        for _ in $(seq 100); do
+            curl -sf "http://127.0.0.1:$ADMIN/routes" 2>/dev/null | grep -q "$SNI" && break
+            sleep 0.1
+        done
+    fi
+}
+
+stop_proxy() {
+    [[ -n $PROXY_PID ]] || return 0
+    kill "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=
+    for _ in $(seq 50); do  # until the port is free for the next one
+        (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || break
+        sleep 0.1
+    done
+}
 
 # --- load --------------------------------------------------------------------
 # Debian's h2load and wrk take the SNI from the URI host and reject `_` in it,
 # so the load comes from our own small rustls client (gateway/bench-load).
-bench_target() {  # name port
-    local name=$1 port=$2 out conns bulk lat
-    "$LOAD" 127.0.0.1:$port "$SNI" latency 1 4 >/dev/null  # warm up
-    conns=$("$LOAD" 127.0.0.1:$port "$SNI" conns "$DURATION" "$CONC")
-    bulk=$("$LOAD" 127.0.0.1:$port "$SNI" bulk "$DURATION" 4)
-    lat=$("$LOAD" 127.0.0.1:$port "$SNI" latency "$DURATION" 8)
-    echo "$WORK/$name: conns[$conns] bulk[$bulk] latency[$lat]" >&2
-    get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
-    echo "$name $(get rate "$conns") $(get mbps "$bulk") $(get p50_us "$lat") $(get p99_us "$lat") $(get errors "$conns")/$(get errors "$bulk")/$(get errors "$lat")"
+get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+memory_kb() {  # peak RSS, RssAnon, RssFile of a process and its children (nginx workers), KiB
+    local peak=0 anon=0 file=0 pid
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        read -r p a f < <(awk '/^VmHWM/ {p=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {print p+0, a+0, f+0}' \
+            "/proc/$pid/status" 2>/dev/null || echo "0 0 0")
+        peak=$((peak + p)); anon=$((anon + a)); file=$((file + f))
+    done
+    echo "$peak $anon $file"
 }
 
-rss_kb() {  # peak RSS of a process and its children (nginx workers), KiB
-    local total=0
+cpu_ticks() {  # user + system clock ticks of a process and its children (nginx workers)
+    local total=0 pid
+    [[ -n $1 ]] || { echo 0; return; }
     for pid in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '/VmHWM/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)))
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
     echo "$total"
 }
 
-declare -A RESULT
-for target in direct:$BACKEND isthmus:$ISTHMUS haproxy:$HAPROXY nginx:$NGINX; do
-    name=${target%%:*}; port=${target#*:}
-    RESULT[$name]=$(bench_target "$name" "$port")
-done
-RSS_ISTHMUS=$(rss_kb $GATEWAY_PID)
-RSS_HAPROXY=$(rss_kb $HAPROXY_PID)
-RSS_NGINX=$(rss_kb $NGINX_PID)
+bench_target() {  # round name -> one line into $WORK/results
+    local round=$1 name=$2 conns bulk lat mem cpu0 cpu t0 t1
+    start_proxy "$name"
+    "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency 1 4 >/dev/null  # warm up
+    conns=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
+    cpu0=$(cpu_ticks "$PROXY_PID") t0=$(date +%s.%N)
+    bulk=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" bulk "$DURATION" 4)
+    t1=$(date +%s.%N)
+    # CPU the proxy spent per GB of bulk (ms): what it takes from the
+    # others on a shared machine, steadier than MB/s there.
+    cpu=$(( ($(cpu_ticks "$PROXY_PID") - cpu0) * 1000 / $(getconf CLK_TCK) ))
+    cpu=$(awk -v ms="$cpu" -v mbps="$(get mbps "$bulk")" -v t0="$t0" -v t1="$t1" \
+        'BEGIN { gb = mbps * (t1 - t0) / 1000; printf "%.0f", (gb > 0 ? ms / gb : 0) }')
+    lat=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency "$DURATION" 8)
+    mem="0 0 0"
+    [[ -n $PROXY_PID ]] && mem=$(memory_kb "$PROXY_PID")
+    if [[ -n ${GW_KIND[$name]:-} ]]; then
+        echo "  $name smaps_rollup: $(grep -E '^(Rss|Anonymous|Pss_File|Pss_Anon):' "/proc/$PROXY_PID/smaps_rollup" | tr -s ' ' | tr '\n' ' ')" >&2
+    fi
+    stop_proxy
+    echo "  $name: conns[$conns] bulk[$bulk] latency[$lat] memory[$mem]" >&2
+    echo "$round $name $(get rate "$conns") $(get mbps "$bulk") $(get p50_us "$lat") $(get p99_us "$lat") $mem $(get errors "$conns")/$(get errors "$bulk")/$(get errors "$lat") $cpu" >>"$WORK/results"
+}
 
-read -r _ d_conns d_bulk d_p50 d_p99 d_err <<<"${RESULT[direct]}"
-echo
-echo "| target | new TLS conn/s | bulk MB/s | p50 µs (added) | p99 µs (added) | peak RSS MiB | errors c/b/l |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
-echo "| backend direct | $d_conns | $d_bulk | $d_p50 | $d_p99 | – | $d_err |"
-for name in isthmus haproxy nginx; do
-    read -r _ conns bulk p50 p99 err <<<"${RESULT[$name]}"
-    case $name in isthmus) rss=$RSS_ISTHMUS ;; haproxy) rss=$RSS_HAPROXY ;; nginx) rss=$RSS_NGINX ;; esac
-    printf "| %s | %s | %s | %s (+%s) | %s (+%s) | %.1f | %s |\n" "$name" "$conns" "$bulk" \
-        "$p50" "$((p50 - d_p50))" "$p99" "$((p99 - d_p99))" "$(echo "$rss / 1024" | bc -l)" "$err"
+TARGETS=(direct haproxy nginx "${GW_NAMES[@]}")
+: >"$WORK/results"
+for round in $(seq "$ROUNDS"); do
+    order=("${TARGETS[@]}")
+    if ((round % 2 == 0)); then  # every other round backwards
+        order=()
+        for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[$i]}"); done
+    fi
+    echo "== round $round: ${order[*]}; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    for name in "${order[@]}"; do bench_target "$round" "$name"; done
+    echo "   load average after round $round: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 done
-echo
-echo "gateway rejections: $(curl -s "http://127.0.0.1:$ADMIN/metrics" | grep -c '^isthmus_gateway_connections_rejected_total' || true) series"
+
+# --- tables ------------------------------------------------------------------
+for round in $(seq "$ROUNDS"); do
+    echo
+    echo "Round $round:"
+    echo
+    awk -v round="$round" '
+        $1 != round { next }
+        { conns[$2] = $3; bulk[$2] = $4; p50[$2] = $5; p99[$2] = $6; peak[$2] = $7; anon[$2] = $8; file[$2] = $9; err[$2] = $10; cpu[$2] = $11; names[++n] = $2 }
+        END {
+            print "| target | new TLS conn/s | bulk MB/s | proxy CPU ms per GB bulk | p50 µs (added) | p99 µs (added) | peak RSS MiB (anon + file at end) | errors c/b/l |"
+            print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            printf "| backend direct | %s | %s | – | %s | %s | – | %s |\n", conns["direct"], bulk["direct"], p50["direct"], p99["direct"], err["direct"]
+            for (i = 1; i <= n; i++) {
+                t = names[i]; if (t == "direct") continue
+                printf "| %s | %s | %s | %s | %s (%+d) | %s (%+d) | %.1f (%.1f + %.1f) | %s |\n", t, conns[t], bulk[t], cpu[t], \
+                    p50[t], p50[t] - p50["direct"], p99[t], p99[t] - p99["direct"], peak[t] / 1024, anon[t] / 1024, file[t] / 1024, err[t]
+            }
+            print ""
+            print "| vs HAProxy | conn/s | bulk | CPU per GB (lower is better) | added p50 (lower is better) | peak RSS (lower is better) |"
+            print "| --- | ---: | ---: | ---: | ---: | ---: |"
+            hp = p50["haproxy"] - p50["direct"]
+            for (i = 1; i <= n; i++) {
+                t = names[i]; if (t == "direct" || t == "haproxy") continue
+                a = p50[t] - p50["direct"]
+                printf "| %s | %.2f× | %.2f× | %.2f× | %s | %.2f× |\n", t, conns[t] / conns["haproxy"], bulk[t] / bulk["haproxy"], \
+                    cpu[t] / cpu["haproxy"], (hp > 0 ? sprintf("%.2f×", a / hp) : "–"), peak[t] / peak["haproxy"]
+            }
+        }' "$WORK/results"
+done

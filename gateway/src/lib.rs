@@ -10,12 +10,14 @@
 //! backpressure, drain) → [`detect`] (ClientHello: SNI, ALPN; size and time
 //! bounds) → [`route`] (SNI → cluster from the control plane's gateway
 //! listener; no default, no wildcard) → [`upstream`] (pick, connect, retry
-//! another endpoint, outlier ejection) → `proxy-core` `transport::splice`.
+//! another endpoint, outlier ejection) → `splice(2)` through a pipe per
+//! direction, or `proxy-core`'s user-space `transport::splice`.
 //! Config arrives over xDS (`proxy-core`), swapped atomically per change.
 
 #![forbid(unsafe_code)]
 
 mod accept;
+pub mod cli;
 pub mod detect;
 pub mod metrics;
 mod proxy;

@@ -77,31 +77,38 @@ async fn mtls_passes_through_untouched_and_the_server_sees_the_callers_identity(
 
 #[tokio::test]
 async fn the_replayed_bytes_are_exactly_what_the_client_sent() {
-    // A raw recording server behind the gateway: every byte, unchanged.
-    let recorder = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = recorder.local_addr().unwrap().port();
-    let env = Env::start(&services(port, port, &[], dead_port().await), |_| {}).await;
-    let hello = raw_client_hello(HW_SNI);
-    let mut sent = hello.clone();
-    sent.extend(b"and then some application bytes");
-    let mut client = TcpStream::connect(env.listen).await.unwrap();
-    client.write_all(&sent).await.unwrap();
-    client.shutdown().await.unwrap();
-    let (mut upstream, _) = tokio::time::timeout(WAIT, recorder.accept())
+    // Bytes read with the ClientHello are replayed, the rest is spliced:
+    // with splice(2) and with the copy, every byte arrives once, in order.
+    for zero_copy in [true, false] {
+        // A raw recording server behind the gateway: every byte, unchanged.
+        let recorder = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = recorder.local_addr().unwrap().port();
+        let services = services(port, port, &[], dead_port().await);
+        let env = Env::start(&services, |o| o.zero_copy = zero_copy).await;
+        let hello = raw_client_hello(HW_SNI);
+        let mut first = hello.clone();
+        first.extend(b"and then some");
+        let later = b" application bytes, sent after the hello was routed";
+        let mut client = TcpStream::connect(env.listen).await.unwrap();
+        client.write_all(&first).await.unwrap();
+        let (mut upstream, _) = tokio::time::timeout(WAIT, recorder.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        client.write_all(later).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut got),
+        )
         .await
         .unwrap()
         .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(
-        WAIT,
-        tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut got),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(got, sent);
-    drop(upstream);
-    env.stop().await;
+        assert_eq!(got, [&first[..], later].concat(), "zero copy {zero_copy}");
+        drop(upstream);
+        env.stop().await;
+    }
 }
 
 /// The first flight of a rustls client for `sni`.

@@ -76,6 +76,8 @@ async fn get(s: &mut Tls, path: &str, close: bool, buf: &mut Vec<u8>) -> std::io
         format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: {conn}\r\n\r\n").as_bytes(),
     )
     .await?;
+    // tokio-rustls may keep the record in rustls until flushed.
+    s.flush().await?;
     buf.clear();
     let mut chunk = vec![0u8; 64 * 1024];
     let header_end = loop {

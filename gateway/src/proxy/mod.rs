@@ -1,13 +1,16 @@
 //! The life of one connection: detect (ClientHello) → route (SNI →
 //! cluster, per-service limit) → upstream (connect with retries) → replay
-//! the ClientHello bytes → splice until both sides close, the idle timeout,
-//! or a forced shutdown.
+//! the ClientHello bytes → splice (`splice(2)` or a user-space copy, see
+//! [`zero_copy`]) until both sides close, the idle timeout, or a forced
+//! shutdown.
+
+mod zero_copy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_proxy_core::transport::{SpliceConfig, SpliceEnd, splice};
+use isthmus_proxy_core::transport::{SpliceConfig, SpliceEnd};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -18,6 +21,7 @@ use tracing::Instrument;
 use crate::detect::{DetectError, read_client_hello};
 use crate::metrics::{LogLimit, Metrics, alpn_label};
 use crate::route::RouteTable;
+use zero_copy::splice_sockets;
 
 /// Connection settings (see [`Options`](crate::run::Options)).
 #[derive(Clone, Debug)]
@@ -27,6 +31,7 @@ pub(crate) struct Settings {
     pub max_connections_per_service: usize,
     pub connect_attempts: usize,
     pub splice: SpliceConfig,
+    pub zero_copy: bool,
 }
 
 /// What every connection task shares.
@@ -163,7 +168,10 @@ async fn connection(
         idle_timeout: route.idle_timeout.or(s.splice.idle_timeout),
         ..s.splice
     };
-    let end = match splice(client, &mut server, &config, &bytes).await {
+    // The ClientHello is out: from here the sockets' queues hold exactly
+    // what is left to forward, so the kernel may move it.
+    let splice = splice_sockets(client, &mut server, &config, s.zero_copy, &bytes);
+    let end = match splice.await {
         Ok(stats) if stats.end == SpliceEnd::IdleTimeout => "idle_timeout",
         Ok(_) => "closed",
         Err(e) => {

@@ -8,15 +8,22 @@
 //! ends both directions after an idle timeout, and reports every chunk to a
 //! [`Transfer`] observer so byte counters move while a long connection is
 //! still open.
+//!
+//! How one direction moves its bytes is a [`Pump`]: [`Buffered`] copies
+//! through user space and works on any stream; a proxy that knows both
+//! ends are sockets can bring its own (the gateway's `splice(2)` through a
+//! pipe) and keep the rest — both directions in one task, the idle timer,
+//! counters and errors — from [`splice_with`].
 
 mod splice;
 #[cfg(test)]
 mod tests;
 
 use std::io;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub use splice::splice;
+pub use splice::{Buffered, splice, splice_with};
 
 /// Default buffer size per direction: what HAProxy's `tune.bufsize` and
 /// Envoy's per-connection buffer limits use by default.
@@ -61,6 +68,36 @@ pub trait Transfer {
 /// No observer.
 impl Transfer for () {
     fn transferred(&self, _: Direction, _: u64) {}
+}
+
+/// One direction of a splice: moves bytes from `reader` to `writer`, and
+/// once the reader reached EOF and everything read was written, shuts the
+/// writer's write half down.
+pub trait Pump<R: ?Sized, W: ?Sized> {
+    /// Moves what can be moved now and reports every write to `observer`.
+    /// `Pending` once waiting for the reader or the writer (with `cx`
+    /// registered); `Ready(Ok(()))` once the EOF was passed on, and again on
+    /// every later call.
+    fn poll_pump<T: Transfer + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        direction: Direction,
+        observer: &T,
+    ) -> Poll<Result<(), PumpError>>;
+
+    /// Bytes written to the writer so far.
+    fn written(&self) -> u64;
+}
+
+/// Which end of a [`Pump`] failed.
+#[derive(Debug)]
+pub enum PumpError {
+    /// Reading from the reader.
+    Read(io::Error),
+    /// Writing to the writer, or shutting it down.
+    Write(io::Error),
 }
 
 /// How a splice ended.

@@ -1,26 +1,24 @@
-//! The copy loop: one buffer per direction, polled together in one task
-//! (no `split`, no locks), with a lazily re-armed idle timer.
+//! The splice driver (both directions polled together in one task, no
+//! `split`, no locks, with a lazily re-armed idle timer) and the
+//! user-space copy, [`Buffered`].
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::{Direction, SpliceConfig, SpliceEnd, SpliceError, SpliceStats, Transfer};
+use super::{
+    Direction, Pump, PumpError, SpliceConfig, SpliceEnd, SpliceError, SpliceStats, Transfer,
+};
 
-/// Which stream an error came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Reader,
-    Writer,
-}
-
-/// One direction: read into the buffer, write it all out, on EOF flush and
-/// shut the writer down.
-struct Half {
+/// One direction copied through a buffer of its own: read into it, write
+/// it all out, on EOF flush and shut the writer down.
+#[derive(Debug)]
+pub struct Buffered {
     buf: Box<[u8]>,
     pos: usize,
     cap: usize,
@@ -28,12 +26,11 @@ struct Half {
     done: bool,
     need_flush: bool,
     written: u64,
-    /// Set whenever a byte moved; the caller clears it.
-    moved: bool,
 }
 
-impl Half {
-    fn new(size: usize) -> Self {
+impl Buffered {
+    /// A copy through `size` bytes (at least one).
+    pub fn new(size: usize) -> Self {
         Self {
             buf: vec![0; size.max(1)].into_boxed_slice(),
             pos: 0,
@@ -42,22 +39,25 @@ impl Half {
             done: false,
             need_flush: false,
             written: 0,
-            moved: false,
         }
     }
+}
 
-    fn poll_copy<R, W>(
+impl<R, W> Pump<R, W> for Buffered
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    fn poll_pump<T: Transfer + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
         direction: Direction,
-        observer: &(impl Transfer + ?Sized),
-    ) -> Poll<Result<(), (Side, io::Error)>>
-    where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
-    {
+        observer: &T,
+    ) -> Poll<Result<(), PumpError>> {
+        let mut reader = Pin::new(reader);
+        let mut writer = Pin::new(writer);
         if self.done {
             return Poll::Ready(Ok(()));
         }
@@ -68,13 +68,12 @@ impl Half {
                     Poll::Pending => {
                         // Nothing more to read now: push out what was written.
                         if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))
-                                .map_err(|e| (Side::Writer, e))?;
+                            ready!(writer.as_mut().poll_flush(cx)).map_err(PumpError::Write)?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Reader, e))),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
                     Poll::Ready(Ok(())) => {
                         let n = buf.filled().len();
                         self.pos = 0;
@@ -89,30 +88,33 @@ impl Half {
                         .as_mut()
                         .poll_write(cx, &self.buf[self.pos..self.cap])
                 )
-                .map_err(|e| (Side::Writer, e))?;
+                .map_err(PumpError::Write)?;
                 if n == 0 {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "write returned zero bytes");
-                    return Poll::Ready(Err((Side::Writer, e)));
+                    return Poll::Ready(Err(PumpError::Write(e)));
                 }
                 self.pos += n;
                 self.written += n as u64;
                 self.need_flush = true;
-                self.moved = true;
                 observer.transferred(direction, n as u64);
             }
             if self.eof {
-                ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (Side::Writer, e))?;
+                ready!(writer.as_mut().poll_flush(cx)).map_err(PumpError::Write)?;
                 // Pass the half-close on. A peer that is already gone has
                 // nothing left to tell.
                 match ready!(writer.as_mut().poll_shutdown(cx)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return Poll::Ready(Err((Side::Writer, e))),
+                    Err(e) => return Poll::Ready(Err(PumpError::Write(e))),
                 }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    fn written(&self) -> u64 {
+        self.written
     }
 }
 
@@ -137,50 +139,68 @@ where
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     T: Transfer + ?Sized,
 {
-    let mut up = Half::new(config.buffer_size);
-    let mut down = Half::new(config.buffer_size);
-    let mut idle: Option<Pin<Box<Sleep>>> =
-        config.idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+    let up = Buffered::new(config.buffer_size);
+    let down = Buffered::new(config.buffer_size);
+    splice_with(
+        downstream,
+        upstream,
+        up,
+        down,
+        config.idle_timeout,
+        observer,
+    )
+    .await
+}
+
+/// [`splice`] with the given pumps: `up` moves `downstream` → `upstream`,
+/// `down` the other way.
+///
+/// # Errors
+/// The first error of either pump, naming the side whose read, write or
+/// shutdown failed, with the bytes moved until then.
+pub async fn splice_with<D, U, P, Q, T>(
+    downstream: &mut D,
+    upstream: &mut U,
+    mut up: P,
+    mut down: Q,
+    idle_timeout: Option<Duration>,
+    observer: &T,
+) -> Result<SpliceStats, SpliceError>
+where
+    D: ?Sized,
+    U: ?Sized,
+    P: Pump<D, U>,
+    Q: Pump<U, D>,
+    T: Transfer + ?Sized,
+{
+    let mut idle: Option<Pin<Box<Sleep>>> = idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
     let mut last_activity = Instant::now();
+    let mut moved_until = 0;
 
     let result = poll_fn(|cx| {
-        let to_up = up.poll_copy(
-            cx,
-            Pin::new(&mut *downstream),
-            Pin::new(&mut *upstream),
-            Direction::ToUpstream,
-            observer,
-        );
-        if let Poll::Ready(Err((side, e))) = to_up {
-            let side = if side == Side::Reader {
-                "downstream"
-            } else {
-                "upstream"
-            };
-            return Poll::Ready(Err((side, e)));
+        let to_up = up.poll_pump(cx, downstream, upstream, Direction::ToUpstream, observer);
+        if let Poll::Ready(Err(e)) = to_up {
+            return Poll::Ready(Err(match e {
+                PumpError::Read(e) => ("downstream", e),
+                PumpError::Write(e) => ("upstream", e),
+            }));
         }
-        let to_down = down.poll_copy(
-            cx,
-            Pin::new(&mut *upstream),
-            Pin::new(&mut *downstream),
-            Direction::ToDownstream,
-            observer,
-        );
-        if let Poll::Ready(Err((side, e))) = to_down {
-            let side = if side == Side::Reader {
-                "upstream"
-            } else {
-                "downstream"
-            };
-            return Poll::Ready(Err((side, e)));
+        let to_down = down.poll_pump(cx, upstream, downstream, Direction::ToDownstream, observer);
+        if let Poll::Ready(Err(e)) = to_down {
+            return Poll::Ready(Err(match e {
+                PumpError::Read(e) => ("upstream", e),
+                PumpError::Write(e) => ("downstream", e),
+            }));
         }
         if to_up.is_ready() && to_down.is_ready() {
             return Poll::Ready(Ok(SpliceEnd::Closed));
         }
-        if let (Some(sleep), Some(timeout)) = (idle.as_mut(), config.idle_timeout) {
-            if std::mem::take(&mut up.moved) | std::mem::take(&mut down.moved) {
+        if let (Some(sleep), Some(timeout)) = (idle.as_mut(), idle_timeout) {
+            let moved = up.written() + down.written();
+            if moved != moved_until {
                 // Re-arming the timer on every chunk would cost a timer-wheel
                 // update per read; remember the time and re-arm when it fires.
+                moved_until = moved;
                 last_activity = Instant::now();
             }
             while sleep.as_mut().poll(cx).is_ready() {
@@ -197,14 +217,14 @@ where
 
     match result {
         Ok(end) => Ok(SpliceStats {
-            to_upstream: up.written,
-            to_downstream: down.written,
+            to_upstream: up.written(),
+            to_downstream: down.written(),
             end,
         }),
         Err((side, source)) => Err(SpliceError {
             side,
-            to_upstream: up.written,
-            to_downstream: down.written,
+            to_upstream: up.written(),
+            to_downstream: down.written(),
             source,
         }),
     }

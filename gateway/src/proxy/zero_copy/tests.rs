@@ -1,0 +1,326 @@
+//! `splice(2)` through pipes between real loopback sockets.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use isthmus_proxy_core::transport::{Direction, SpliceEnd, Transfer, splice_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::pipe::PipePump;
+use super::*;
+
+/// Every wait is bounded by this.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Sums what the splice reports.
+#[derive(Default)]
+struct Sums(Mutex<(u64, u64)>);
+
+impl Transfer for Sums {
+    fn transferred(&self, direction: Direction, bytes: u64) {
+        let mut s = self.0.lock().unwrap();
+        match direction {
+            Direction::ToUpstream => s.0 += bytes,
+            Direction::ToDownstream => s.1 += bytes,
+        }
+    }
+}
+
+/// A connected loopback TCP pair.
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (client, accepted) = tokio::join!(client, listener.accept());
+    (client.unwrap(), accepted.unwrap().0)
+}
+
+/// client ⇄ (down ⇄ pipes ⇄ up) ⇄ server: returns the client, the server
+/// and the splice task.
+async fn spliced(
+    pipe_size: usize,
+    idle: Option<Duration>,
+    sums: std::sync::Arc<Sums>,
+) -> (
+    TcpStream,
+    TcpStream,
+    tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>,
+) {
+    let (client, mut down) = tcp_pair().await;
+    let (mut up, server) = tcp_pair().await;
+    let to_up = PipePump::new(pipe_size).unwrap();
+    let to_down = PipePump::new(pipe_size).unwrap();
+    let task =
+        tokio::spawn(
+            async move { splice_with(&mut down, &mut up, to_up, to_down, idle, &*sums).await },
+        );
+    (client, server, task)
+}
+
+/// A pattern with a prime period, so a byte dropped, duplicated or
+/// reordered anywhere shows: byte `i` of a stream is `(i + seed) % 251`.
+struct Pattern(Vec<u8>);
+
+impl Pattern {
+    const CHUNK: usize = 64 * 1024;
+
+    fn new() -> Self {
+        Self((0..251 + Self::CHUNK).map(|i| (i % 251) as u8).collect())
+    }
+
+    fn at(&self, offset: u64, len: usize) -> &[u8] {
+        let start = (offset % 251) as usize;
+        &self.0[start..start + len.min(Self::CHUNK)]
+    }
+}
+
+/// Writes `total` pattern bytes starting at `seed`, then shuts down.
+async fn send(stream: &mut (impl AsyncWriteExt + Unpin), pattern: &Pattern, seed: u64, total: u64) {
+    let mut sent = 0u64;
+    while sent < total {
+        let len = (total - sent).min(Pattern::CHUNK as u64) as usize;
+        stream
+            .write_all(pattern.at(seed + sent, len))
+            .await
+            .unwrap();
+        sent += len as u64;
+    }
+    stream.shutdown().await.unwrap();
+}
+
+/// Reads to EOF, checking every byte against the pattern; returns the count.
+async fn receive(stream: &mut (impl AsyncReadExt + Unpin), pattern: &Pattern, seed: u64) -> u64 {
+    let mut buf = vec![0u8; Pattern::CHUNK];
+    let mut got = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return got;
+        }
+        assert!(
+            buf[..n] == *pattern.at(seed + got, n),
+            "bytes {got}..{} differ from what was sent",
+            got + n as u64
+        );
+        got += n as u64;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_each_way_arrive_byte_exact_and_are_counted() {
+    const TOTAL: u64 = 64 << 20;
+    let sums = std::sync::Arc::new(Sums::default());
+    // A one-page pipe: many fill/drain rounds, partial writes included.
+    for pipe_size in [4096, 64 * 1024] {
+        let (client, server, task) = spliced(pipe_size, None, sums.clone()).await;
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let pattern = Pattern::new();
+        let run = async {
+            tokio::join!(
+                send(&mut client_write, &pattern, 0, TOTAL),
+                send(&mut server_write, &pattern, 100, TOTAL),
+                receive(&mut server_read, &pattern, 0),
+                receive(&mut client_read, &pattern, 100),
+            )
+        };
+        let ((), (), at_server, at_client) = tokio::time::timeout(WAIT, run).await.unwrap();
+        assert_eq!((at_server, at_client), (TOTAL, TOTAL), "pipe {pipe_size}");
+        let stats = tokio::time::timeout(WAIT, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stats.to_upstream, stats.to_downstream, stats.end),
+            (TOTAL, TOTAL, SpliceEnd::Closed)
+        );
+    }
+    assert_eq!(*sums.0.lock().unwrap(), (2 * TOTAL, 2 * TOTAL));
+}
+
+#[tokio::test]
+async fn a_client_half_close_reaches_the_server_which_can_still_answer() {
+    let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
+    client.write_all(b"request").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, server.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"request");
+    for _ in 0..3 {
+        server.write_all(b"part ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(server);
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, client.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, b"part part part ");
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!((stats.to_upstream, stats.to_downstream), (7, 15));
+    assert_eq!(stats.end, SpliceEnd::Closed);
+}
+
+#[tokio::test]
+async fn a_server_half_close_reaches_the_client_which_can_still_send() {
+    let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
+    server.write_all(b"banner").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"banner");
+    client.write_all(b"still talking").await.unwrap();
+    drop(client);
+    let mut heard = Vec::new();
+    tokio::time::timeout(WAIT, server.read_to_end(&mut heard))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard, b"still talking");
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!((stats.to_upstream, stats.to_downstream), (13, 6));
+    assert_eq!(stats.end, SpliceEnd::Closed);
+}
+
+#[tokio::test]
+async fn an_idle_connection_ends_after_the_timeout_and_traffic_postpones_it() {
+    let idle = Duration::from_millis(300);
+    let start = Instant::now();
+    let (mut client, mut server, task) = spliced(4096, Some(idle), Default::default()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    server.read_exact(&mut b).await.unwrap();
+    let moved_at = start.elapsed();
+    let stats = tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!((stats.end, stats.to_upstream), (SpliceEnd::IdleTimeout, 1));
+    assert!(
+        elapsed >= moved_at + idle,
+        "{elapsed:?} < {moved_at:?} + {idle:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The timeout leaves the sockets to their owner; dropping them (as the
+    // gateway does) closes both peers.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(n.is_ok() && rest.is_empty(), "{n:?} {rest:?}");
+}
+
+/// The server streams until the splice fails; the one who resets decides
+/// which side the error names.
+async fn reset_mid_transfer(reset_client: bool) -> SpliceError {
+    let (mut client, mut server, task) = spliced(64 * 1024, None, Default::default()).await;
+    let pattern = Pattern::new();
+    let streaming = async {
+        let mut sent = 0u64;
+        while server
+            .write_all(pattern.at(sent, Pattern::CHUNK))
+            .await
+            .is_ok()
+        {
+            sent += Pattern::CHUNK as u64;
+            if sent >= 1 << 30 {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        let mut buf = vec![0u8; Pattern::CHUNK];
+        let mut got = 0;
+        while got < (1 << 20) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+    };
+    tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            () = streaming => panic!("the server stopped streaming"),
+            () = reader => {}
+        }
+    })
+    .await
+    .unwrap();
+    // Linger 0: closing sends a RST instead of a FIN.
+    if reset_client {
+        client.set_zero_linger().unwrap();
+        drop(client);
+    } else {
+        server.set_zero_linger().unwrap();
+        drop(server);
+        // The client keeps reading: a pump notices the reset when it reads
+        // again, after writing out what it holds.
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; Pattern::CHUNK];
+            while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+    }
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the splice ends")
+        .unwrap()
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn a_client_reset_mid_transfer_is_an_error_naming_the_downstream() {
+    let err = reset_mid_transfer(true).await;
+    assert_eq!(err.side, "downstream", "{err}");
+    assert!(err.to_downstream >= 1 << 20, "{err}");
+}
+
+#[tokio::test]
+async fn a_server_reset_mid_transfer_is_an_error_naming_the_upstream() {
+    let err = reset_mid_transfer(false).await;
+    assert_eq!(err.side, "upstream", "{err}");
+}
+
+#[tokio::test]
+async fn the_pipe_takes_the_size_asked_for_rounded_to_pages() {
+    let pipe = PipePump::new(100_000).unwrap();
+    assert_eq!(pipe.capacity(), 128 * 1024);
+    let pipe = PipePump::new(1).unwrap();
+    assert_eq!(pipe.capacity(), 4096);
+}
+
+#[tokio::test]
+async fn with_zero_copy_off_or_on_the_gateway_splice_moves_the_same_bytes() {
+    for zero_copy in [false, true] {
+        let (mut client, mut down) = tcp_pair().await;
+        let (mut up, mut server) = tcp_pair().await;
+        let config = SpliceConfig::default();
+        let task = tokio::spawn(async move {
+            splice_sockets(&mut down, &mut up, &config, zero_copy, &()).await
+        });
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!((&got[..], &answer[..]), (&b"ping"[..], &b"pong"[..]));
+        let stats = tokio::time::timeout(WAIT, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((stats.to_upstream, stats.to_downstream), (4, 4));
+    }
+}
