@@ -60,6 +60,7 @@ fn push_context(cluster: &Cluster) -> PushContext {
             trust_domain: cluster.spec.trust_domain.clone(),
             trust_bundle_pem: String::new(),
             root_namespace: "istio-system".into(),
+            ..MeshConfig::default()
         },
     )
 }
