@@ -187,7 +187,9 @@ impl ProxyConfig {
     /// SDS secret names the clusters' and listeners' TLS transport sockets use.
     pub fn secret_names(&self) -> BTreeSet<String> {
         let mut names = refs::cluster_secret_names(self.clusters.values().map(|c| &**c));
-        names.extend(refs::listener_secret_names(self.listeners.values().map(|l| &**l)));
+        names.extend(refs::listener_secret_names(
+            self.listeners.values().map(|l| &**l),
+        ));
         names
     }
 
