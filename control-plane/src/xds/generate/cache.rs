@@ -17,10 +17,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use isthmus_api::naming::Locality;
 
+use crate::registry::Service;
 use crate::xds::{ProxyInfo, ProxyRole, SharedResource, XdsResource};
 
 /// Resources shared by every stream that sends them.
@@ -136,6 +137,54 @@ impl<V: Clone> ByView<V> {
         };
         bucket[at].1.entry(name.to_string()).or_insert(made).clone()
     }
+
+    /// [`get_or_make`](Self::get_or_make) for many names of one view: the
+    /// view is hashed and found once and the lock taken once for the hits
+    /// (an EDS request of 11,000 names), then once more for the misses,
+    /// made outside the lock. Values in `names` order.
+    fn get_or_make_many<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n String>,
+        proxy: &ProxyInfo,
+        by_labels: bool,
+        mut make: impl FnMut(&str) -> V,
+    ) -> Vec<V> {
+        let hash = EndpointView::hash_of(proxy, by_labels);
+        let names: Vec<&String> = names.into_iter().collect();
+        let mut found: Vec<Option<V>> = {
+            let views = lock(&self.views);
+            let entry = views
+                .get(&hash)
+                .and_then(|bucket| bucket.iter().find(|(v, _)| v.is_of(proxy, by_labels)));
+            match entry {
+                Some((_, by_name)) => names.iter().map(|n| by_name.get(*n).cloned()).collect(),
+                None => vec![None; names.len()],
+            }
+        };
+        let missing: Vec<(usize, V)> = found
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_none())
+            .map(|(i, _)| (i, make(names[i])))
+            .collect();
+        if !missing.is_empty() {
+            let mut views = lock(&self.views);
+            let bucket = views.entry(hash).or_default();
+            let at = match bucket.iter().position(|(v, _)| v.is_of(proxy, by_labels)) {
+                Some(at) => at,
+                None => {
+                    bucket.push((EndpointView::of(proxy, by_labels), HashMap::new()));
+                    bucket.len() - 1
+                }
+            };
+            let by_name = &mut bucket[at].1;
+            for (i, made) in missing {
+                let kept = by_name.entry(names[i].clone()).or_insert(made).clone();
+                found[i] = Some(kept);
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -167,6 +216,10 @@ pub(crate) struct Cache {
     shared_listeners: Mutex<HashMap<String, Shared>>,
     shared_endpoints: ByView<Option<Arc<SharedResource>>>,
     shared_routes: Mutex<HashMap<RouteKey, Arc<SharedResource>>>,
+    /// The registry's services by namespace, built on first use: a proxy's
+    /// own ports are looked up among its namespace's services (twice per
+    /// proxy, 1,000 of 10,000 services) instead of all of them.
+    services_by_namespace: OnceLock<HashMap<String, Vec<Arc<Service>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,6 +255,31 @@ impl Cache {
         }
     }
 
+    /// The services of `namespace`; `all` lists every service (called once
+    /// per cache).
+    pub(crate) fn services_in<'a, I>(
+        &self,
+        namespace: &str,
+        all: impl FnOnce() -> I,
+    ) -> &[Arc<Service>]
+    where
+        I: IntoIterator<Item = &'a Arc<Service>>,
+    {
+        self.services_by_namespace
+            .get_or_init(|| {
+                let mut by_namespace: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
+                for svc in all() {
+                    by_namespace
+                        .entry(svc.namespace.clone())
+                        .or_default()
+                        .push(svc.clone());
+                }
+                by_namespace
+            })
+            .get(namespace)
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// A sidecar's shared clusters for `namespace`.
     pub(crate) fn shared_clusters(&self, namespace: &str, make: impl FnOnce() -> Shared) -> Shared {
         get_or_make(&self.shared_clusters, namespace.to_string(), make)
@@ -216,16 +294,22 @@ impl Cache {
         get_or_make(&self.shared_listeners, namespace.to_string(), make)
     }
 
-    /// One cluster's assignment as `proxy` sees it, shared.
-    pub(crate) fn shared_endpoints(
+    /// The assignments of `names` as `proxy` sees them, shared, in the
+    /// order of `names`; names without one are left out.
+    pub(crate) fn shared_endpoints_many<'n>(
         &self,
-        name: &str,
+        names: impl IntoIterator<Item = &'n String>,
         proxy: &ProxyInfo,
         by_labels: bool,
-        make: impl FnOnce() -> Option<XdsResource>,
-    ) -> Option<Arc<SharedResource>> {
+        mut make: impl FnMut(&str) -> Option<XdsResource>,
+    ) -> Vec<Arc<SharedResource>> {
         self.shared_endpoints
-            .get_or_make(name, proxy, by_labels, || make().map(SharedResource::new))
+            .get_or_make_many(names, proxy, by_labels, |name| {
+                make(name).map(SharedResource::new)
+            })
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// One route configuration as `proxy` sees it, shared.

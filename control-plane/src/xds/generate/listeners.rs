@@ -183,13 +183,14 @@ pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
 /// Ports the proxy's own workload serves: (service port, target port, protocol).
 pub fn workload_ports(pc: &PushContext, proxy: &ProxyInfo) -> Vec<(u16, u16, Protocol)> {
     let mut seen = BTreeMap::new();
-    for svc in pc.registry.services() {
-        if svc.namespace != proxy.namespace {
-            continue;
-        }
+    let ip = proxy.ip.map(|ip| ip.to_string());
+    for svc in pc
+        .cache
+        .services_in(&proxy.namespace, || pc.registry.services())
+    {
         for e in &svc.endpoints {
             let mine = (!proxy.workload.is_empty() && e.workload == proxy.workload)
-                || proxy.ip.is_some_and(|ip| e.address == ip.to_string());
+                || ip.as_deref() == Some(e.address.as_str());
             if mine && e.cluster == pc.mesh.cluster.cluster {
                 for p in &svc.ports {
                     seen.entry(e.port_for(p)).or_insert((p.port, p.protocol));

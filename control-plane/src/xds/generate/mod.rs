@@ -515,16 +515,12 @@ impl ConfigState for PushContext {
                 let inbound = resource(VIRTUAL_INBOUND, listeners::inbound(self, proxy));
                 with_own(&all, [SharedResource::new(inbound)])
             }
-            (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => names
-                .iter()
-                .filter_map(|name| {
-                    self.cache
-                        .shared_endpoints(name, proxy, self.uses_failover_priority, || {
-                            endpoints::assignment(self, proxy, name)
-                                .map(|cla| resource(name.clone(), cla))
-                        })
-                })
-                .collect(),
+            (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => self
+                .cache
+                .shared_endpoints_many(names, proxy, self.uses_failover_priority, |name| {
+                    endpoints::assignment(self, proxy, name)
+                        .map(|cla| resource(name.to_string(), cla))
+                }),
             (ROUTE, ProxyRole::Sidecar) => names
                 .iter()
                 .filter_map(|n| {

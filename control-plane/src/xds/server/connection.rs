@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, trace, warn};
@@ -24,8 +25,8 @@ use super::stream::{End, ResponseTx};
 use super::wire::{Request, Response};
 use super::{Inner, RESPONSE_BUFFER, lock};
 use crate::xds::{
-    CLUSTER, Changes, ENDPOINT, GenerateError, PUSH_ORDER, ProxyInfo, SharedResource, SharedState,
-    is_wildcard_type,
+    CLUSTER, Changes, ENDPOINT, GenerateError, LISTENER, PUSH_ORDER, ProxyInfo, SharedResource,
+    SharedState, is_wildcard_type,
 };
 
 /// Identifies this control plane in every response.
@@ -35,6 +36,12 @@ const MAX_PENDING_PUSHES: usize = 16;
 /// How long a push waits for a proxy to take its responses before it lets
 /// the next stream push (see [`Connection::send`]).
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// A partial EDS push up to this size (encoded resources) goes out without
+/// waiting for the push throttle or for the proxy to take it: what the
+/// throttle bounds is the memory of large responses in flight, and an
+/// endpoint change is a few hundred bytes per proxy, whose latency is what
+/// the mesh feels.
+const SMALL_PUSH: usize = 64 * 1024;
 
 /// Protocol state of one subscribed type.
 struct TypeState {
@@ -61,6 +68,28 @@ struct PendingPush {
     awaiting: BTreeSet<String>,
 }
 
+/// Where a stream is in its first sync.
+///
+/// A stream waits for a place ([`Inner::syncing`]) before its first
+/// response and keeps it until the proxy has answered every response, LDS
+/// included (Envoy asks for LDS after CDS and EDS), or for
+/// [`first_sync_hold`](super::AdsOptions::first_sync_hold).
+/// The places are as many as the push throttle, so a mass connect is served
+/// a proxy's whole sync at a time (its requests wait only for the push
+/// throttle, which few streams compete for) instead of type by type over
+/// every proxy.
+enum FirstSync {
+    /// No response sent yet.
+    Waiting,
+    /// Holding a place until the proxy is synced or the deadline passes.
+    Holding {
+        _place: OwnedSemaphorePermit,
+        until: Instant,
+    },
+    /// Synced, or gave up its place.
+    Done,
+}
+
 /// One proxy on one stream, registered in the status view while it lives.
 pub(super) struct Connection {
     inner: Arc<Inner>,
@@ -72,6 +101,7 @@ pub(super) struct Connection {
     types: BTreeMap<String, TypeState>,
     pending: VecDeque<PendingPush>,
     view: Arc<Mutex<View>>,
+    first_sync: FirstSync,
 }
 
 impl Connection {
@@ -108,7 +138,45 @@ impl Connection {
             types: BTreeMap::new(),
             pending: VecDeque::new(),
             view,
+            first_sync: FirstSync::Waiting,
         }
+    }
+
+    /// When the stream gives up its first-sync place if the proxy has not
+    /// synced by then; `None` when it holds none.
+    pub(super) fn sync_deadline(&self) -> Option<Instant> {
+        match self.first_sync {
+            FirstSync::Holding { until, .. } => Some(until),
+            FirstSync::Waiting | FirstSync::Done => None,
+        }
+    }
+
+    /// Gives up the first-sync place: the proxy synced, or took too long.
+    pub(super) fn end_first_sync(&mut self) {
+        if let FirstSync::Holding { until, .. } = self.first_sync {
+            let held =
+                (Instant::now() + self.inner.first_sync_hold).saturating_duration_since(until);
+            debug!(
+                synced = self.synced(),
+                held_ms = held.as_millis(),
+                "first sync over"
+            );
+            self.first_sync = FirstSync::Done;
+        }
+    }
+
+    /// Whether the proxy has answered (ACK or NACK) every response and
+    /// subscribed to LDS: what Envoy does last in its first sync, except
+    /// for RDS and SDS, which by then wait for the push throttle only.
+    fn synced(&self) -> bool {
+        self.types.contains_key(LISTENER)
+            && self.types.values().all(|t| match &t.sent {
+                None => true,
+                Some(sent) => {
+                    t.acked.as_ref() == Some(&sent.version)
+                        || t.nack.as_ref().is_some_and(|n| n.version == sent.version)
+                }
+            })
     }
 
     pub(super) async fn on_request(&mut self, request: Request) -> Result<(), End> {
@@ -168,6 +236,16 @@ impl Connection {
                 }
             }
         };
+        if respond && matches!(self.first_sync, FirstSync::Waiting) {
+            let place = self.inner.syncing.clone().acquire_owned().await;
+            self.first_sync = match place {
+                Ok(place) => FirstSync::Holding {
+                    _place: place,
+                    until: Instant::now() + self.inner.first_sync_hold,
+                },
+                Err(_) => FirstSync::Done,
+            };
+        }
         if respond {
             let _permit = self.inner.throttle.clone().acquire_owned().await;
             if let Some(step) = self.generate(&type_url) {
@@ -176,6 +254,9 @@ impl Connection {
             }
         }
         self.publish(&type_url);
+        if matches!(self.first_sync, FirstSync::Holding { .. }) && self.synced() {
+            self.end_first_sync();
+        }
         Ok(())
     }
 
@@ -234,22 +315,28 @@ impl Connection {
         }
         let changes = update.state.changes_since(current);
         let previous = std::mem::replace(&mut self.current, update);
-        let changed = match changes {
-            Changes::None => Vec::new(),
+        let (changed, small) = match changes {
+            Changes::None => (Vec::new(), true),
             Changes::Endpoints(scope) if !scope.affects_whole(&self.proxy) => {
-                let _permit = self.inner.throttle.clone().acquire_owned().await;
-                self.changed_endpoints(&previous.state, &scope.clusters)
-                    .into_iter()
-                    .collect()
+                // From the generation cache: one lookup per changed name.
+                let step = self.changed_endpoints(&previous.state, &scope.clusters);
+                let small = step.as_ref().is_none_or(|s| {
+                    s.resources.iter().map(|r| r.encoded.len()).sum::<usize>() <= SMALL_PUSH
+                });
+                (step.into_iter().collect(), small)
             }
-            Changes::Endpoints(_) | Changes::All => self.changed_types().await,
+            Changes::Endpoints(_) | Changes::All => (self.changed_types().await, false),
         };
         if changed.is_empty() {
             trace!(version, "nothing changed for this proxy");
             self.publish_state();
             return Ok(());
         }
-        let _permit = self.inner.throttle.clone().acquire_owned().await;
+        let _permit = if small {
+            None
+        } else {
+            Some(self.inner.throttle.clone().acquire_owned().await)
+        };
         let sent_clusters = self
             .types
             .get(CLUSTER)
@@ -264,7 +351,9 @@ impl Connection {
             self.send(step).await?;
             self.publish(&type_url);
         }
-        self.drained().await;
+        if !small {
+            self.drained().await;
+        }
         self.inner
             .metrics
             .push_duration()

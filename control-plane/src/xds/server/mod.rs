@@ -34,6 +34,12 @@
 //! - At most `push_throttle` streams generate and send at once (istiod's
 //!   `PILOT_PUSH_THROTTLE`, 100): a mass reconnect does not hold a
 //!   half-built config per proxy at the same time.
+//! - At most `push_throttle` new streams are in their first sync at once
+//!   (`connection::Syncing`): a stream that got its first response keeps
+//!   its place until it has ACKed every type including LDS (or for
+//!   `first_sync_hold`, 10 s, at most), so of 1,000 proxies connecting together the
+//!   first ones finish CDS → EDS → LDS → RDS early, instead of every proxy
+//!   getting CDS, then every proxy EDS, and all finishing last.
 //! - Endpoint-only bursts are debounced for `endpoint_debounce` (10 ms by
 //!   default) instead of `debounce` (100 ms): an endpoint change is cheap to
 //!   push and its latency is what the mesh feels (a dead endpoint keeps
@@ -46,6 +52,8 @@
 
 mod connection;
 mod debounce;
+#[cfg(test)]
+mod first_sync_tests;
 mod grpc;
 mod metrics;
 mod names;
@@ -83,6 +91,8 @@ pub const DEFAULT_PUSH_THROTTLE: usize = 100;
 /// HTTP/2 pings that detect proxies that vanished without closing.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`AdsOptions::first_sync_hold`].
+const FIRST_SYNC_HOLD: Duration = Duration::from_secs(10);
 
 /// Settings of the ADS server.
 #[derive(Clone, Debug)]
@@ -93,8 +103,12 @@ pub struct AdsOptions {
     pub max_debounce: Duration,
     /// Quiet time for a burst that only changed endpoints (EDS).
     pub endpoint_debounce: Duration,
-    /// Streams generating and sending at the same time.
+    /// Streams generating and sending at the same time; also how many new
+    /// streams are in their first sync at once.
     pub push_throttle: usize,
+    /// Longest a new stream keeps its first-sync place while its proxy is
+    /// slow to ask for (or ACK) the next type.
+    pub first_sync_hold: Duration,
     /// Where the server counts; unregistered by default.
     pub metrics: AdsMetrics,
 }
@@ -106,6 +120,7 @@ impl Default for AdsOptions {
             max_debounce: Duration::from_secs(1),
             endpoint_debounce: Duration::from_millis(10),
             push_throttle: DEFAULT_PUSH_THROTTLE,
+            first_sync_hold: FIRST_SYNC_HOLD,
             metrics: AdsMetrics::default(),
         }
     }
@@ -144,6 +159,9 @@ struct Inner {
     names: names::Interner,
     /// Bounds the streams generating and sending at once.
     throttle: Arc<tokio::sync::Semaphore>,
+    /// Bounds the new streams in their first sync at once.
+    syncing: Arc<tokio::sync::Semaphore>,
+    first_sync_hold: Duration,
     next_connection: AtomicU64,
     next_nonce: AtomicU64,
     /// Cancelled to end every stream (shutdown).
@@ -187,6 +205,8 @@ impl AdsServer {
                 connections: Connections::default(),
                 names: names::Interner::default(),
                 throttle: Arc::new(tokio::sync::Semaphore::new(options.push_throttle.max(1))),
+                syncing: Arc::new(tokio::sync::Semaphore::new(options.push_throttle.max(1))),
+                first_sync_hold: options.first_sync_hold,
                 next_connection: AtomicU64::new(1),
                 next_nonce: AtomicU64::new(1),
                 close: CancellationToken::new(),

@@ -5,15 +5,16 @@
 //! `Arc<BTreeSet>`, so the many proxies subscribed to the same names hold
 //! one set, and an ACK whose names did not change is recognised by an
 //! order-independent digest of the request's names without building a set.
+//! The digest hashes eight bytes at a time (not SipHash): it runs over every
+//! name of every ACK, and a collision only makes the server miss a change
+//! of the colliding proxy's own subscription.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{DefaultHasher, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::Bytes;
-
 use super::lock;
+use super::wire::RequestNames;
 
 /// Interned sets above this many are swept of dead entries.
 const SWEEP_AT: usize = 1024;
@@ -27,7 +28,7 @@ pub(super) struct Names {
 
 /// Count and wrapping sum of the names' hashes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-struct NamesDigest {
+pub(super) struct NamesDigest {
     count: usize,
     sum: u64,
 }
@@ -38,13 +39,41 @@ impl NamesDigest {
     fn of<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut d = NamesDigest::default();
         for n in names {
-            let mut h = DefaultHasher::new();
-            h.write(n);
-            d.count += 1;
-            d.sum = d.sum.wrapping_add(h.finish());
+            d.add(n);
         }
         d
     }
+
+    /// Adds one name.
+    pub(super) fn add(&mut self, name: &[u8]) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(name_hash(name));
+    }
+}
+
+/// A 64-bit hash of a name, eight bytes at a time, then mixed (the
+/// murmur3 finaliser) so that sums of hashes of similar names spread.
+fn name_hash(name: &[u8]) -> u64 {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    let mut h = name.len() as u64;
+    let mut words = name.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        h = (h ^ w).wrapping_mul(K).rotate_left(26);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        h = (h ^ u64::from_le_bytes(last))
+            .wrapping_mul(K)
+            .rotate_left(26);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 impl PartialEq for Names {
@@ -55,8 +84,8 @@ impl PartialEq for Names {
 
 impl Names {
     /// Whether a request's names are these (a digest match, as an ACK's are).
-    pub(super) fn same_as(&self, requested: &[Bytes]) -> bool {
-        self.digest == NamesDigest::of(requested.iter().map(|n| &n[..]))
+    pub(super) fn same_as(&self, requested: &RequestNames) -> bool {
+        self.digest == requested.digest()
     }
 
     pub(super) fn len(&self) -> usize {
@@ -77,7 +106,7 @@ pub(super) struct Interner {
 impl Interner {
     /// The shared set of `requested` names; fails on a name that is not
     /// UTF-8, with its position.
-    pub(super) fn intern(&self, requested: &[Bytes]) -> Result<Names, NotUtf8> {
+    pub(super) fn intern(&self, requested: &RequestNames) -> Result<Names, NotUtf8> {
         let set = requested
             .iter()
             .enumerate()

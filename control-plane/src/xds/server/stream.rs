@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::time::{Instant, sleep_until};
 use tonic::Status;
 use tracing::{Instrument, Span, debug, field, warn};
 
@@ -84,8 +85,12 @@ async fn serve(inner: Arc<Inner>, mut requests: Requests, tx: ResponseTx) -> Res
     conn.on_request(first).await?;
     let mut updates_open = true;
     loop {
+        let sync_deadline = conn.sync_deadline();
         tokio::select! {
             () = close.cancelled() => return Err(End::Shutdown),
+            () = sleep_until(sync_deadline.unwrap_or_else(Instant::now)), if sync_deadline.is_some() => {
+                conn.end_first_sync();
+            }
             msg = requests.message() => match msg? {
                 Some(request) => conn.on_request(request).await?,
                 None => return Ok(()),

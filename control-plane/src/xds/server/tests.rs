@@ -9,6 +9,7 @@ use tokio::time::{Instant, advance, timeout};
 use super::debounce::{self, Update};
 use super::names::Interner;
 use super::push::{Digest, Step, make_before_break, version_info};
+use super::wire::RequestNames;
 use crate::xds::{
     CLUSTER, ConfigState, ENDPOINT, GenerateError, LISTENER, ProxyInfo, ROUTE, SharedResource,
     SharedState, XdsResource,
@@ -265,15 +266,22 @@ async fn endpoint_only_burst_has_the_short_debounce() {
 #[test]
 fn ack_names_are_recognised_without_interning() {
     let interner = Interner::default();
-    let requested: Vec<bytes::Bytes> = ["b", "a", "c"].map(bytes::Bytes::from).into();
+    let requested = RequestNames::of(&[b"b", b"a", b"c"]);
     let names = interner.intern(&requested).expect("UTF-8");
     assert_eq!(names.len(), 3);
     // Any order, as bytes.
-    let again: Vec<bytes::Bytes> = ["c", "b", "a"].map(bytes::Bytes::from).into();
+    let again = RequestNames::of(&[b"c", b"b", b"a"]);
     assert!(names.same_as(&again));
-    assert!(!names.same_as(&again[..2]));
-    let other: Vec<bytes::Bytes> = ["c", "b", "x"].map(bytes::Bytes::from).into();
-    assert!(!names.same_as(&other));
+    assert!(!names.same_as(&RequestNames::of(&[b"c", b"b"])));
+    assert!(!names.same_as(&RequestNames::of(&[b"c", b"b", b"x"])));
+    // Longer names, differing in one byte past the first eight.
+    let long = |last: &'static [u8]| {
+        let name = [&b"outbound|80||svc-1.sample.svc.cluster.local"[..], last].concat();
+        RequestNames::of(&[b"a", &name])
+    };
+    let long_names = interner.intern(&long(b"x")).expect("UTF-8");
+    assert!(long_names.same_as(&long(b"x")));
+    assert!(!long_names.same_as(&long(b"y")));
     // Interned once: another stream with the same names shares the set.
     let shared = interner.intern(&again).expect("UTF-8");
     assert!(Arc::ptr_eq(&names.set, &shared.set));
@@ -281,10 +289,7 @@ fn ack_names_are_recognised_without_interning() {
 
 #[test]
 fn names_that_are_not_utf8_are_refused_with_their_index() {
-    let requested = vec![
-        bytes::Bytes::from_static(b"ok"),
-        bytes::Bytes::from_static(b"\xff\xfe"),
-    ];
+    let requested = RequestNames::of(&[b"ok", b"\xff\xfe"]);
     let error = Interner::default()
         .intern(&requested)
         .expect_err("not UTF-8");

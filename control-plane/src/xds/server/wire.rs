@@ -1,10 +1,11 @@
 //! The ADS messages as they go over the wire, without the copies a generic
 //! codec makes.
 //!
-//! - [`Request`] is `DiscoveryRequest` with resource names kept as slices of
-//!   the received message (`Bytes`): a state-of-the-world ACK repeats every
-//!   subscribed name (11,000 at 10k services), and an ACK is usually
-//!   recognised by a digest of them without ever owning them.
+//! - [`Request`] is `DiscoveryRequest` with resource names left in the
+//!   received message ([`RequestNames`]): a state-of-the-world ACK repeats
+//!   every subscribed name (11,000 at 10k services), and an ACK is usually
+//!   recognised by a digest of them, taken while decoding, without a value
+//!   (or a reference count) per name.
 //! - [`Response`] is a `DiscoveryResponse` whose resources are the shared,
 //!   already encoded `Any`s ([`SharedResource::encoded`]). [`Chunks`] writes
 //!   it as a gRPC message in pieces of at most [`CHUNK`] bytes, each a fresh
@@ -15,11 +16,16 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::DecodeError;
+use prost::encoding::{
+    DecodeContext, WireType, check_wire_type, decode_key, decode_varint, encode_key, encode_varint,
+    encoded_len_varint, key_len, skip_field,
+};
 
+use super::names::NamesDigest;
 use crate::xds::SharedResource;
 
 /// Largest piece [`Chunks`] copies into; larger resources go out uncopied.
@@ -27,22 +33,139 @@ pub(super) const CHUNK: usize = 32 * 1024;
 /// gRPC message prefix: compressed flag and big-endian length.
 pub(super) const GRPC_HEADER: usize = 5;
 
-/// `DiscoveryRequest` with resource names kept as shared bytes (same wire
-/// format; names are checked to be UTF-8 only when they are interned).
-#[derive(Clone, PartialEq, prost::Message)]
+/// Field numbers of `DiscoveryRequest`.
+const REQ_VERSION_INFO: u32 = 1;
+const REQ_NODE: u32 = 2;
+const REQ_RESOURCE_NAMES: u32 = 3;
+const REQ_TYPE_URL: u32 = 4;
+const REQ_RESPONSE_NONCE: u32 = 5;
+const REQ_ERROR_DETAIL: u32 = 6;
+
+/// `DiscoveryRequest` with its resource names left in the received message
+/// (names are checked to be UTF-8 only when they are interned).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Request {
-    #[prost(string, tag = "1")]
     pub(super) version_info: String,
-    #[prost(message, optional, tag = "2")]
     pub(super) node: Option<Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub(super) resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
+    pub(super) resource_names: RequestNames,
     pub(super) type_url: String,
-    #[prost(string, tag = "5")]
     pub(super) response_nonce: String,
-    #[prost(message, optional, tag = "6")]
     pub(super) error_detail: Option<RpcStatus>,
+}
+
+/// The `resource_names` of a received request: the message they are in,
+/// their count and their [`NamesDigest`], taken while decoding.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct RequestNames {
+    message: Bytes,
+    count: usize,
+    digest: NamesDigest,
+}
+
+impl RequestNames {
+    pub(super) fn digest(&self) -> NamesDigest {
+        self.digest
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The names in request order (read again from the message).
+    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = &self.message[..];
+        std::iter::from_fn(move || {
+            // The message was checked when it was decoded.
+            while !rest.is_empty() {
+                let (tag, wire_type) = decode_key(&mut rest).ok()?;
+                if tag == REQ_RESOURCE_NAMES {
+                    let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                    let (name, after) = rest.split_at_checked(len)?;
+                    rest = after;
+                    return Some(name);
+                }
+                skip_field(wire_type, tag, &mut rest, DecodeContext::default()).ok()?;
+            }
+            None
+        })
+    }
+
+    /// Names as a request would carry them (tests).
+    #[cfg(test)]
+    pub(super) fn of(names: &[&[u8]]) -> Self {
+        let mut message = Vec::new();
+        for name in names {
+            prost::encoding::bytes::encode(REQ_RESOURCE_NAMES, &name.to_vec(), &mut message);
+        }
+        Request::decode(&message[..])
+            .expect("names decode")
+            .resource_names
+    }
+}
+
+impl Request {
+    /// Decodes one `DiscoveryRequest` (the whole of `buf`). The names are
+    /// not copied when `buf` is one piece (`Buf::copy_to_bytes`).
+    pub(super) fn decode(mut buf: impl Buf) -> Result<Self, DecodeError> {
+        let message = buf.copy_to_bytes(buf.remaining());
+        let mut request = Request::default();
+        let mut names = (0, NamesDigest::default());
+        let ctx = DecodeContext::default();
+        let mut rest = &message[..];
+        while !rest.is_empty() {
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            match tag {
+                REQ_VERSION_INFO => prost::encoding::string::merge(
+                    wire_type,
+                    &mut request.version_info,
+                    &mut rest,
+                    ctx.clone(),
+                )?,
+                REQ_NODE => prost::encoding::message::merge(
+                    wire_type,
+                    request.node.get_or_insert_with(Node::default),
+                    &mut rest,
+                    ctx.clone(),
+                )?,
+                REQ_RESOURCE_NAMES => {
+                    check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let field = rest;
+                    // Checks the length against what is left.
+                    skip_field(wire_type, tag, &mut rest, ctx.clone())?;
+                    let mut name = &field[..field.len() - rest.len()];
+                    decode_varint(&mut name)?;
+                    names.0 += 1;
+                    names.1.add(name);
+                }
+                REQ_TYPE_URL => prost::encoding::string::merge(
+                    wire_type,
+                    &mut request.type_url,
+                    &mut rest,
+                    ctx.clone(),
+                )?,
+                REQ_RESPONSE_NONCE => prost::encoding::string::merge(
+                    wire_type,
+                    &mut request.response_nonce,
+                    &mut rest,
+                    ctx.clone(),
+                )?,
+                REQ_ERROR_DETAIL => prost::encoding::message::merge(
+                    wire_type,
+                    request.error_detail.get_or_insert_with(RpcStatus::default),
+                    &mut rest,
+                    ctx.clone(),
+                )?,
+                _ => skip_field(wire_type, tag, &mut rest, ctx.clone())?,
+            }
+        }
+        request.resource_names = RequestNames {
+            message: if names.0 == 0 { Bytes::new() } else { message },
+            count: names.0,
+            digest: names.1,
+        };
+        Ok(request)
+    }
 }
 
 /// One `DiscoveryResponse` to send.

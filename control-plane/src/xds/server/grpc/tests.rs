@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 
 use super::super::push::{Digest, version_info};
-use super::super::wire::{self, CHUNK};
+use super::super::wire::CHUNK;
 use super::super::{AdsOptions, AdsServer};
 use crate::xds::{
     CLUSTER, ConfigState, ENDPOINT, GenerateError, ProxyInfo, ProxyRole, SharedResource,
@@ -238,16 +238,25 @@ async fn names_that_are_not_utf8_end_the_stream_with_invalid_argument() {
         .expect("connect");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
-    let request = wire::Request {
+    /// A `DiscoveryRequest` whose names need not be UTF-8.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RawRequest {
+        #[prost(message, optional, tag = "2")]
+        node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+        #[prost(bytes = "bytes", repeated, tag = "3")]
+        resource_names: Vec<bytes::Bytes>,
+        #[prost(string, tag = "4")]
+        type_url: String,
+    }
+    let request = RawRequest {
         node: Some(sidecar().to_node()),
         type_url: ENDPOINT.into(),
         resource_names: vec![
             bytes::Bytes::from_static(b"a"),
             bytes::Bytes::from_static(b"\xc3"),
         ],
-        ..wire::Request::default()
     };
-    let codec = tonic_prost::ProstCodec::<wire::Request, DiscoveryResponse>::default();
+    let codec = tonic_prost::ProstCodec::<RawRequest, DiscoveryResponse>::default();
     let path = http::uri::PathAndQuery::from_static(super::STREAM_PATH);
     let requests = tokio_stream::iter([request]).chain(tokio_stream::pending());
     let mut responses = grpc
@@ -318,7 +327,7 @@ fn requests_split_anywhere_decode_with_names_in_place() {
         for got in decoded {
             assert_eq!(got.type_url, sent.type_url);
             assert_eq!(got.response_nonce, sent.response_nonce);
-            let names: Vec<&[u8]> = got.resource_names.iter().map(|n| &n[..]).collect();
+            let names: Vec<&[u8]> = got.resource_names.iter().collect();
             let want: Vec<&[u8]> = sent.resource_names.iter().map(String::as_bytes).collect();
             assert_eq!(names, want, "frames of {size}");
         }

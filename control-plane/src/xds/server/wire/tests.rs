@@ -118,10 +118,20 @@ fn request_names_are_slices_of_the_same_wire_format() {
     assert_eq!(got.type_url, sent.type_url);
     assert_eq!(got.response_nonce, sent.response_nonce);
     assert_eq!(got.error_detail, sent.error_detail);
-    let names: Vec<&[u8]> = got.resource_names.iter().map(|n| &n[..]).collect();
+    let names: Vec<&[u8]> = got.resource_names.iter().collect();
     let want: Vec<&[u8]> = sent.resource_names.iter().map(String::as_bytes).collect();
     assert_eq!(names, want);
+    assert_eq!(got.resource_names.len(), 3);
     // Zero-copy: the names point into the received message.
     let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
-    assert!(range.contains(&(got.resource_names[0].as_ptr() as usize)));
+    let first = got.resource_names.iter().next().expect("a name");
+    assert!(range.contains(&(first.as_ptr() as usize)));
+    // Names that are not length-delimited, or longer than the message, are
+    // refused rather than read past.
+    let mut varint_name = Vec::new();
+    prost::encoding::uint64::encode(3, &7, &mut varint_name);
+    assert!(Request::decode(&varint_name[..]).is_err());
+    let mut cut = Vec::new();
+    prost::encoding::string::encode(3, &"outbound|80||a".to_string(), &mut cut);
+    assert!(Request::decode(&cut[..cut.len() - 1]).is_err());
 }
