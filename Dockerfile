@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 # One image for every Isthmus component: the `isthmus` binary, the component
 # chosen by argument (`control-plane`, `gateway`, `dns`, `federation`,
-# `sidecar`, `iptables`), plus `isthmus-sidecar`, the sidecar alone (same
-# flags), which injected Pods run: its smaller code keeps the proxy's resident
-# memory down. Both are built with the `dist` profile (fat LTO, one codegen
+# `sidecar`, `iptables`), plus `isthmus-sidecar` and `isthmus-gateway`, the
+# sidecar and the east-west gateway alone (same flags), which injected Pods
+# and the gateway Deployment run: their smaller code keeps the proxies'
+# resident memory down. Both are built with the `dist` profile (fat LTO, one codegen
 # unit). iptables is included for the injected init container.
 #
 #   docker build -t isthmus:dev .
@@ -15,14 +16,15 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --profile dist --locked -p isthmus-cli -p isthmus-sidecar --bin isthmus --bin isthmus-sidecar \
- && cp target/dist/isthmus target/dist/isthmus-sidecar /
+    cargo build --profile dist --locked -p isthmus-cli -p isthmus-sidecar -p isthmus-gateway \
+        --bin isthmus --bin isthmus-sidecar --bin isthmus-gateway \
+ && cp target/dist/isthmus target/dist/isthmus-sidecar target/dist/isthmus-gateway /
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /isthmus /isthmus-sidecar /usr/local/bin/
+COPY --from=build /isthmus /isthmus-sidecar /isthmus-gateway /usr/local/bin/
 # The proxy uid/gid that the capture rules exclude; every component runs as it.
 # Only the init container (`isthmus iptables --apply`) runs as root, with NET_ADMIN.
 USER 1337:1337

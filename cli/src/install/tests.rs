@@ -248,12 +248,25 @@ fn container_arguments_are_real_isthmus_flags() {
     for d in deployments(&render_chart(values, "isthmus-system").unwrap()) {
         let spec = d.spec.template.spec.unwrap();
         for c in spec.containers {
-            let mut argv = vec!["isthmus".to_string()];
+            // The gateway runs its thin binary, whose flags are `isthmus gateway`'s.
+            let thin =
+                c.command.as_deref() == Some(&["/usr/local/bin/isthmus-gateway".to_string()][..]);
+            let mut argv = vec![if thin { "isthmus-gateway" } else { "isthmus" }.to_string()];
             argv.extend(c.args.unwrap_or_default());
-            let parsed = crate::Cli::try_parse_from(&argv);
+            let parsed = if thin {
+                #[derive(Debug, clap::Parser)]
+                struct GatewayCli {
+                    #[command(flatten)]
+                    _args: isthmus_gateway::cli::GatewayArgs,
+                }
+                GatewayCli::try_parse_from(&argv).map(drop)
+            } else {
+                crate::Cli::try_parse_from(&argv).map(drop)
+            };
             if let Err(e) = parsed {
                 panic!("{}: {argv:?}: {e}", c.name);
             }
+            assert_eq!(thin, c.name == "gateway", "{}", c.name);
         }
     }
 }
