@@ -171,7 +171,7 @@ pub(crate) fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         let mut server = tokio::spawn(run);
         tokio::select! {
             r = &mut server => return r?.map(|()| ExitCode::SUCCESS).map_err(Into::into),
-            _ = terminate() => {}
+            _ = isthmus_proxy_core::process::terminate() => {}
         }
         tracing::info!("draining");
         shutdown.cancel();
@@ -183,25 +183,6 @@ pub(crate) fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn terminate() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Which xDS type `proxy-config` shows.

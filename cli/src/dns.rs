@@ -106,7 +106,7 @@ pub(crate) fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
                 .map(|a| format!(", CoreDNS gRPC on {a}"))
                 .unwrap_or_default(),
         );
-        crate::control_plane::terminate().await;
+        isthmus_proxy_core::process::terminate().await;
         tracing::info!("draining");
         shutdown.cancel();
         match tokio::time::timeout(grace + Duration::from_secs(1), running.wait()).await {

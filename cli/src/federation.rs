@@ -140,7 +140,7 @@ pub(crate) fn run(args: FederationArgs) -> anyhow::Result<ExitCode> {
             running.federation,
             running.admin.map(|a| a.to_string()).unwrap_or_default(),
         );
-        crate::control_plane::terminate().await;
+        isthmus_proxy_core::process::terminate().await;
         tracing::info!("stopping");
         shutdown.cancel();
         match tokio::time::timeout(Duration::from_secs(5), running.wait()).await {

@@ -11,6 +11,6 @@ use isthmus_gateway::cli::run_until;
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let options = args.options()?;
     args.runtime()?
-        .block_on(run_until(options, crate::control_plane::terminate()))?;
+        .block_on(run_until(options, isthmus_proxy_core::process::terminate()))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -101,13 +101,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    isthmus_proxy_core::process::init_logging("info,hickory_server=warn");
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

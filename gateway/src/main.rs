@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use isthmus_gateway::cli::{GatewayArgs, run_until};
+use isthmus_proxy_core::process::{init_logging, terminate};
 
 #[derive(Debug, Parser)]
 #[command(name = "isthmus-gateway", version, about = "Isthmus east-west gateway")]
@@ -18,13 +19,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("info");
     let cli = Cli::parse();
     match run(&cli.args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,16 +35,4 @@ fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     args.runtime()?
         .block_on(run_until(options, terminate()))
         .map_err(Into::into)
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn terminate() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

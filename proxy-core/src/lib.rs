@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod process;
 pub mod transport;
 pub mod xds;
 

@@ -1,5 +1,5 @@
-//! Command-line arguments of the sidecar, shared by its own thin binary
-//! (`isthmus-sidecar`, small enough to map little memory) and usable by the
+//! Command-line arguments and run of the sidecar, shared by its own thin
+//! binary (`isthmus-sidecar`, small enough to map little memory) and the
 //! multi-call `isthmus sidecar`.
 
 use std::collections::BTreeMap;
@@ -11,8 +11,10 @@ use clap::Args;
 use isthmus_api::naming::Locality;
 use isthmus_proxy_core::xds::{NodeInfo, NodeRole};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::identity::{CertSource, Token};
-use crate::run::{DEFAULT_ADMIN_PORT, Mode, Options};
+use crate::run::{DEFAULT_ADMIN_PORT, Mode, Options, RunError, start};
 use crate::server::Limits;
 
 /// Arguments of the sidecar.
@@ -156,12 +158,15 @@ impl SidecarArgs {
                 key_pem: read(&dir.join("key.pem"))?,
                 roots_pem: read(&dir.join("root-cert.pem"))?,
             },
-            // Read before every CSR: projected tokens rotate.
-            (None, Some(file)) => CertSource::Ca {
-                endpoint: control_plane.clone(),
-                token: Token::File(file.clone()),
-                validity: self.cert_ttl,
-            },
+            // Read now to fail early, and again before every CSR: projected tokens rotate.
+            (None, Some(file)) => {
+                read(file)?;
+                CertSource::Ca {
+                    endpoint: control_plane.clone(),
+                    token: Token::File(file.clone()),
+                    validity: self.cert_ttl,
+                }
+            }
             (None, None) => return Err(ArgsError::NoCertificate),
         };
         let mode = match self.mode {
@@ -196,4 +201,43 @@ impl SidecarArgs {
             limits: Limits::default(),
         })
     }
+
+    /// The runtime: `--concurrency` workers; 1 runs everything on the
+    /// calling thread (no work stealing or wake-ups across threads).
+    ///
+    /// # Errors
+    /// If the runtime's threads or I/O driver cannot be created.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        if self.concurrency <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.concurrency)
+                .enable_all()
+                .build()
+        }
+    }
+}
+
+/// Runs a sidecar until `terminate` resolves, then drains it.
+///
+/// # Errors
+/// If the sidecar cannot start.
+pub async fn run_until(
+    options: Options,
+    terminate: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let shutdown = CancellationToken::new();
+    let running = start(options, shutdown.clone()).await?;
+    eprintln!(
+        "sidecar: outbound on {}, admin on {}",
+        running.outbound, running.admin
+    );
+    terminate.await;
+    tracing::info!("draining");
+    shutdown.cancel();
+    running.join().await;
+    Ok(())
 }
