@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use isthmus_control_plane::ca::proto::CertificateRequest;
 use isthmus_control_plane::ca::proto::certificate_service_client::CertificateServiceClient;
 use isthmus_control_plane::run::{MoreOptions, Options, Source, start_full};
-use isthmus_control_plane::xds::{ProxyInfo, ProxyRole, SECRET};
+use isthmus_control_plane::xds::SECRET;
 use isthmus_identity::tool::{RootCa, create_intermediate, create_root, write_cacerts};
 use isthmus_identity::{
     CertificateDer, SpiffeId, TrustBundle, UnixTime, certs_from_pem, verify_workload_chain,
@@ -25,27 +25,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-const TD: &str = "east.isthmus.local";
+#[allow(dead_code)]
+mod fixtures;
 
-fn proxy() -> ProxyInfo {
-    ProxyInfo {
-        id: ProxyInfo::node_id(
-            ProxyRole::Sidecar,
-            "127.0.10.21".parse().ok(),
-            "sleep",
-            "sample",
-        ),
-        role: ProxyRole::Sidecar,
-        ip: "127.0.10.21".parse().ok(),
-        workload: "sleep".into(),
-        namespace: "sample".into(),
-        cluster: "east".into(),
-        network: "net-east".into(),
-        service_account: "sleep".into(),
-        labels: [("app".to_string(), "sleep".to_string())].into(),
-        locality: "us-east/us-east-1a".parse().unwrap(),
-    }
-}
+const TD: &str = "east.isthmus.local";
 
 /// Writes a `cacerts` directory: an intermediate under `issuer`, trusting `roots`.
 fn cacerts(dir: &std::path::Path, issuer: &RootCa, roots: &[&RootCa]) -> Vec<u8> {
@@ -90,7 +73,7 @@ async fn next_bundle(
 
 fn sds_request(nonce: &str, version: &str) -> DiscoveryRequest {
     DiscoveryRequest {
-        node: Some(proxy().to_node()),
+        node: Some(fixtures::sleep_proxy().to_node()),
         type_url: SECRET.into(),
         resource_names: vec!["ROOTCA".into()],
         response_nonce: nonce.into(),

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,11 +23,14 @@ use isthmus_control_plane::registry::ClusterContext;
 use isthmus_control_plane::resolve::{ResolvedGateways, ResolverOptions};
 use isthmus_control_plane::run::{MoreOptions, Options, Source, start_full};
 use isthmus_control_plane::xds::generate::{MeshConfig, PushContext};
-use isthmus_control_plane::xds::{Changes, ConfigState, ENDPOINT, ProxyInfo, ProxyRole, json};
+use isthmus_control_plane::xds::{Changes, ConfigState, ENDPOINT, json};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+mod fixtures;
+use fixtures::{golden, sleep_proxy};
 
 /// East's view: helloworld has one local endpoint, three in west (weights
 /// 3, 2, 2) and one in central, reached through those networks' gateways.
@@ -107,26 +109,6 @@ fn store(yaml: &str) -> Store {
     store
 }
 
-fn sleep_proxy() -> ProxyInfo {
-    ProxyInfo {
-        id: ProxyInfo::node_id(
-            ProxyRole::Sidecar,
-            "127.0.10.21".parse().ok(),
-            "sleep",
-            "sample",
-        ),
-        role: ProxyRole::Sidecar,
-        ip: "127.0.10.21".parse().ok(),
-        workload: "sleep".into(),
-        namespace: "sample".into(),
-        cluster: "east".into(),
-        network: "net-east".into(),
-        service_account: "sleep".into(),
-        labels: [("app".to_string(), "sleep".to_string())].into(),
-        locality: "us-east/us-east-1a".parse().unwrap(),
-    }
-}
-
 fn assignment(pc: &PushContext) -> ClusterLoadAssignment {
     let names: BTreeSet<String> = [CLUSTER_NAME.to_string()].into();
     let out = pc.generate(&sleep_proxy(), ENDPOINT, &names).unwrap();
@@ -157,23 +139,6 @@ fn endpoints(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
             )
         })
         .collect()
-}
-
-fn golden(name: &str, actual: serde_json::Value) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.json"));
-    let text = serde_json::to_string_pretty(&actual).unwrap() + "\n";
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
-    assert!(
-        expected == text,
-        "{} differs from the generated config",
-        path.display()
-    );
 }
 
 #[test]

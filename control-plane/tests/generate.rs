@@ -3,7 +3,6 @@
 //! and the check that every emitted resource decodes as its type URL says.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use isthmus_api::load::load_yaml;
 use isthmus_config::Store;
@@ -13,6 +12,10 @@ use isthmus_control_plane::xds::{
     CLUSTER, ConfigState, ENDPOINT, LISTENER, ProxyInfo, ProxyRole, ROUTE, SECRET, json,
 };
 use serde_json::{Value, json};
+
+#[allow(dead_code)]
+mod fixtures;
+use fixtures::golden;
 
 /// East's view of a two-cluster federation: helloworld v1 runs in east (two
 /// zones), v2 is imported from west through west's gateway.
@@ -228,23 +231,6 @@ fn render(
             json::to_json(&r.resource).unwrap_or_else(|e| panic!("{}: {e}", r.name))
         })
         .collect()
-}
-
-fn golden(name: &str, actual: Value) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.json"));
-    let text = serde_json::to_string_pretty(&actual).unwrap() + "\n";
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
-    assert!(
-        expected == text,
-        "{} differs from the generated config; if the change is intended, run with UPDATE_GOLDEN=1 and review the diff",
-        path.display()
-    );
 }
 
 #[test]

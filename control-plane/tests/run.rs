@@ -12,10 +12,13 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use isthmus_control_plane::ca::proto::CertificateRequest;
 use isthmus_control_plane::ca::proto::certificate_service_client::CertificateServiceClient;
 use isthmus_control_plane::run::{Options, Source, start};
-use isthmus_control_plane::xds::{CLUSTER, ProxyInfo, ProxyRole};
+use isthmus_control_plane::xds::CLUSTER;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+#[allow(dead_code)]
+mod fixtures;
 
 const SERVICES: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -102,23 +105,7 @@ async fn control_plane_serves_sidecars_and_reacts_to_config_changes() {
     assert_eq!(ready, 200);
 
     // A sidecar subscribes to clusters.
-    let proxy = ProxyInfo {
-        id: ProxyInfo::node_id(
-            ProxyRole::Sidecar,
-            "127.0.10.21".parse().ok(),
-            "sleep",
-            "sample",
-        ),
-        role: ProxyRole::Sidecar,
-        ip: "127.0.10.21".parse().ok(),
-        workload: "sleep".into(),
-        namespace: "sample".into(),
-        cluster: "east".into(),
-        network: "net-east".into(),
-        service_account: "sleep".into(),
-        labels: [("app".to_string(), "sleep".to_string())].into(),
-        locality: "us-east/us-east-1a".parse().unwrap(),
-    };
+    let proxy = fixtures::sleep_proxy();
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", bound.xds))
         .await
         .unwrap();

@@ -162,6 +162,14 @@ async fn run(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out).expect("UTF-8 output"))
 }
 
+/// Overrides naming west's node-port addresses, so that its Services need not say them.
+const WEST_BY_NODE_PORT: [&str; 4] = [
+    "--gateway-address",
+    "ctx-west=127.0.20.2:31443",
+    "--federation-endpoint",
+    "ctx-west=127.0.20.2:31021",
+];
+
 fn link_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "--kubeconfig",
@@ -405,17 +413,7 @@ async fn missing_pieces_fail_naming_context_namespace_and_what_to_do() {
     west.server.delete("v1", "Secret", Some(NS), "cacerts");
     let e = format!(
         "{:#}",
-        run(&link_args(
-            &kc,
-            &[
-                "--gateway-address",
-                "ctx-west=127.0.20.2:31443",
-                "--federation-endpoint",
-                "ctx-west=127.0.20.2:31021"
-            ]
-        ))
-        .await
-        .unwrap_err()
+        run(&link_args(&kc, &WEST_BY_NODE_PORT)).await.unwrap_err()
     );
     assert!(
         e.contains("context ctx-west: Secret isthmus-system/cacerts not found"),
@@ -428,17 +426,7 @@ async fn missing_pieces_fail_naming_context_namespace_and_what_to_do() {
     west.server.apply(mf);
     let e = format!(
         "{:#}",
-        run(&link_args(
-            &kc,
-            &[
-                "--gateway-address",
-                "ctx-west=127.0.20.2:31443",
-                "--federation-endpoint",
-                "ctx-west=127.0.20.2:31021"
-            ]
-        ))
-        .await
-        .unwrap_err()
+        run(&link_args(&kc, &WEST_BY_NODE_PORT)).await.unwrap_err()
     );
     assert!(e.contains("context ctx-west: MeshFederation isthmus-system/mesh: spec.local.locality: invalid locality") && e.contains("--set locality="), "{e}");
 
@@ -449,17 +437,7 @@ async fn missing_pieces_fail_naming_context_namespace_and_what_to_do() {
     west.server.apply(cacerts(&west.root_pem));
     let e = format!(
         "{:#}",
-        run(&link_args(
-            &kc,
-            &[
-                "--gateway-address",
-                "ctx-west=127.0.20.2:31443",
-                "--federation-endpoint",
-                "ctx-west=127.0.20.2:31021"
-            ]
-        ))
-        .await
-        .unwrap_err()
+        run(&link_args(&kc, &WEST_BY_NODE_PORT)).await.unwrap_err()
     );
     assert!(
         e.contains("context ctx-east: writing peer west would make it invalid: MeshFederation isthmus-system/mesh: spec.peers[1].trustDomain: trust domain \"east.isthmus.local\" is the local cluster's"),
