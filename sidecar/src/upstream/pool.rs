@@ -268,14 +268,28 @@ impl Pool {
         req: Request<Body>,
         balancer: &Balancer,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let (mut sender, uses) = match self.idle_h1(addr) {
+        let (mut sender, mut uses) = match self.idle_h1(addr) {
             Some(s) => s,
             None => match balancer.try_connection() {
                 Some(permit) => (self.handshake_h1(addr, permit).await?, 0),
                 None => self.wait_h1(addr, balancer).await?,
             },
         };
-        let result = sender.send_request(req).await;
+        let result = match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            // An idle connection the upstream closed while it sat in the pool
+            // (a restarting sidecar or app): the request was never written,
+            // so it goes out once more on a new connection.
+            Err(mut e) if uses > 0 && e.message().is_some() => {
+                let req = e.take_message().expect("checked above");
+                (sender, uses) = match balancer.try_connection() {
+                    Some(permit) => (self.handshake_h1(addr, permit).await?, 0),
+                    None => self.wait_h1(addr, balancer).await?,
+                };
+                sender.send_request(req).await
+            }
+            Err(e) => Err(e.into_error()),
+        };
         let uses = uses + 1;
         if result.is_ok()
             && self
