@@ -26,7 +26,6 @@ fn handler() -> &'static Handler {
         Handler::new(
             Arc::new(ArcSwap::from_pointee(snapshot)),
             None,
-            None,
             DnsMetrics::register(&mut registry),
         )
     })
@@ -74,6 +73,15 @@ pub fn sample_feed() -> proto::Snapshot {
     }
 }
 
+/// Answers one UDP datagram on the fast path, as the UDP loop would first
+/// try; `None` when it would go to the full handler. Never panics.
+pub fn handle_udp_fast(message: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; usize::from(crate::server::MAX_UDP_PAYLOAD)];
+    let answer = handler().answer_fast(message, &mut out)?;
+    out.truncate(answer.len);
+    Some(out)
+}
+
 /// Answers one DNS message as the TCP listener would; never panics.
 pub fn handle_packet(message: &[u8]) -> Option<Vec<u8>> {
     let handler = handler();
@@ -82,4 +90,22 @@ pub fn handle_packet(message: &[u8]) -> Option<Vec<u8>> {
         message,
         ([127, 0, 0, 1], 5353).into(),
     ))
+}
+
+/// Differential check of the UDP fast path: when it answers `message`, the
+/// full handler's answer to the same message must decode to the same DNS
+/// message (header, question, answers, EDNS). `Err` says how they differ.
+pub fn fast_path_agrees(message: &[u8]) -> Result<(), String> {
+    use hickory_proto::op::Message;
+    let Some(fast) = handle_udp_fast(message) else {
+        return Ok(());
+    };
+    let full = handle_packet(message).ok_or("the full handler gave no answer")?;
+    let fast = Message::from_vec(&fast).map_err(|e| format!("fast answer does not decode: {e}"))?;
+    let full = Message::from_vec(&full).map_err(|e| format!("full answer does not decode: {e}"))?;
+    if fast == full {
+        Ok(())
+    } else {
+        Err(format!("fast path:\n{fast:?}\nfull handler:\n{full:?}"))
+    }
 }

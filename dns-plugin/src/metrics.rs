@@ -47,6 +47,8 @@ pub struct DnsMetrics {
     pub rate_limited: Counter,
     /// Queries sent to the upstream resolver that failed.
     pub upstream_errors: Counter,
+    /// UDP queries dropped because too many were already on the full path.
+    pub udp_overflow: Counter,
 }
 
 impl DnsMetrics {
@@ -89,6 +91,7 @@ impl DnsMetrics {
             feed_connected: Gauge::default(),
             rate_limited: Counter::default(),
             upstream_errors: Counter::default(),
+            udp_overflow: Counter::default(),
         };
         registry.register(
             "snapshot_version",
@@ -114,6 +117,11 @@ impl DnsMetrics {
             "upstream_errors",
             "Forwarded queries the upstream did not answer",
             m.upstream_errors.clone(),
+        );
+        registry.register(
+            "udp_overflow",
+            "UDP queries dropped because too many were already waiting on the full (non-fast) path",
+            m.udp_overflow.clone(),
         );
         m
     }

@@ -145,9 +145,11 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         options
             .upstream
             .map(|u| Forwarder::new(u, Duration::from_secs(2))),
-        options.rate_limit.map(RateLimiter::new),
         metrics.clone(),
     );
+    let rate_limit = options
+        .rate_limit
+        .map(|qps| Arc::new(RateLimiter::new(qps)));
 
     // Bind everything first, so a port in use fails start() instead of a task.
     let bind_err = |what, addr| move |source| Error::Bind { what, addr, source };
@@ -160,9 +162,6 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     let tcp = tokio::net::TcpListener::bind(dns)
         .await
         .map_err(bind_err("DNS (TCP)", dns))?;
-    for socket in udp {
-        server.register_socket(socket);
-    }
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
     let admin = match options.admin {
         Some(addr) => Some(
@@ -186,6 +185,14 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         control_plane = %options.control_plane, "DNS server listening");
 
     let mut tasks = tokio::task::JoinSet::new();
+    for socket in udp {
+        let (handler, rate_limit, shutdown) =
+            (handler.clone(), rate_limit.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::server::udp::serve(socket, handler, rate_limit, shutdown).await;
+            Ok(())
+        });
+    }
     let feed_options = FeedOptions {
         node: format!("dns~{}~{dns}", options.cluster),
         ..FeedOptions::new(options.control_plane.clone())

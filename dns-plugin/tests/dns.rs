@@ -53,6 +53,18 @@ async fn answers_records_in_both_zones_over_udp_and_tcp() {
         let (m, _) = udp(dns.addr, &query(name, RecordType::A, None)).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
         assert!(m.metadata.authoritative);
+        // The question comes back byte for byte, letter case included (0x20 anti-spoofing).
+        let mut asked = query(name, RecordType::A, None).to_vec().unwrap();
+        let question = asked.len() - 12;
+        for (i, b) in asked[12..12 + question - 4].iter_mut().enumerate() {
+            if i % 2 == 0 {
+                *b = b.to_ascii_uppercase();
+            }
+        }
+        let reply = udp_raw(dns.addr, &asked, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(reply[12..12 + question], asked[12..], "{name}");
         assert_eq!(addresses(&m), ips(&["240.240.3.4"]), "{name}");
         assert_eq!(m.answers[0].ttl, 5);
         let m = tcp(dns.addr, &query(name, RecordType::A, None)).await;

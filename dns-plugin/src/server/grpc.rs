@@ -9,9 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -19,7 +17,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponse;
 use tonic::{Status, async_trait};
 
-use super::Handler;
+use super::{Handler, encode, formerr};
 use crate::coredns::DnsPacket;
 use crate::coredns::dns_service_server::{DnsService, DnsServiceServer};
 
@@ -35,31 +33,23 @@ pub async fn answer_bytes(handler: &Handler, message: &[u8], src: SocketAddr) ->
     if request.metadata.message_type == hickory_proto::op::MessageType::Response {
         return None;
     }
-    let capture = Capture::default();
+    let capture = Capture {
+        id: request.metadata.id,
+        slot: Arc::default(),
+    };
     handler
         .handle_request::<_, TokioTime>(&request, capture.clone())
         .await;
-    capture.0.lock().ok()?.take()
-}
-
-/// FORMERR echoing the id and opcode of a message whose header decodes.
-fn formerr(message: &[u8]) -> Option<Vec<u8>> {
-    let header = Header::read(&mut BinDecoder::new(message)).ok()?;
-    if header.metadata.message_type == hickory_proto::op::MessageType::Response {
-        return None;
-    }
-    let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.response_code = ResponseCode::FormErr;
-    let out = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    out.to_bytes().ok()
+    capture.slot.lock().ok()?.take()
 }
 
 /// A response handler that keeps the encoded message instead of sending it.
-#[derive(Clone, Debug, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+#[derive(Clone, Debug)]
+struct Capture {
+    /// The request's id (for a SERVFAIL if the answer cannot be encoded).
+    id: u16,
+    slot: Arc<Mutex<Option<Vec<u8>>>>,
+}
 
 #[async_trait]
 impl ResponseHandler for Capture {
@@ -74,11 +64,8 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(u16::MAX);
-        let info = response.destructive_emit(&mut encoder)?;
-        if let Ok(mut slot) = self.0.lock() {
+        let (info, bytes) = encode(response, self.id, u16::MAX)?;
+        if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(bytes);
         }
         Ok(info)

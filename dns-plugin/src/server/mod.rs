@@ -1,32 +1,38 @@
 //! The request path: a hickory-server [`RequestHandler`] answering from the
 //! current [`Snapshot`], loaded with one atomic read per query.
 //!
-//! `handle_request`: rate limit (UDP) → header checks (opcode, EDNS
-//! version, exactly one question) → zone → [`Snapshot::lookup`] → records
-//! handed to hickory's encoder, which applies the client's UDP size and
-//! sets TC. Names outside the zones are REFUSED, or forwarded to
-//! `upstream`. The same handler serves UDP, TCP ([`listen`]) and CoreDNS's
-//! gRPC plugin ([`grpc`]).
+//! `handle_request`: header checks (opcode, EDNS version, exactly one
+//! question) → zone → [`Snapshot::lookup`] → records handed to hickory's
+//! encoder, which applies the client's UDP size and sets TC. Names outside
+//! the zones are REFUSED, or forwarded to `upstream`. The same handler serves
+//! TCP (hickory's listener), CoreDNS's gRPC plugin ([`grpc`]) and every UDP
+//! query that the fast path ([`fast`], run by our own receive loop in
+//! [`udp`], which also applies the rate limit) leaves to it.
 
+pub mod fast;
 pub mod forward;
 pub mod grpc;
 pub mod ratelimit;
+pub mod udp;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
+use hickory_proto::ProtoError;
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
-use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::metrics::DnsMetrics;
 use crate::zone::{Found, Snapshot};
+use fast::FastAnswer;
 use forward::Forwarder;
-use ratelimit::RateLimiter;
 
 /// Largest UDP payload we answer with, whatever the client advertises.
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
@@ -36,7 +42,6 @@ pub const MAX_UDP_PAYLOAD: u16 = 4096;
 pub struct Handler {
     snapshot: Arc<ArcSwap<Snapshot>>,
     upstream: Option<Arc<Forwarder>>,
-    rate_limit: Option<Arc<RateLimiter>>,
     metrics: DnsMetrics,
 }
 
@@ -44,15 +49,28 @@ impl Handler {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         upstream: Option<Forwarder>,
-        rate_limit: Option<RateLimiter>,
         metrics: DnsMetrics,
     ) -> Handler {
         Handler {
             snapshot,
             upstream: upstream.map(Arc::new),
-            rate_limit: rate_limit.map(Arc::new),
             metrics,
         }
+    }
+
+    /// Answers a UDP query on the fast path ([`fast::answer`]) into `out`;
+    /// `None` when it needs the full handler. Counts what it answers.
+    pub fn answer_fast(&self, query: &[u8], out: &mut [u8]) -> Option<FastAnswer> {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load();
+        let answer = fast::answer(&snapshot, query, self.upstream.is_some(), out)?;
+        self.metrics
+            .observe(Some(answer.qtype), ResponseCode::NoError, started.elapsed());
+        Some(answer)
+    }
+
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
     }
 }
 
@@ -86,14 +104,6 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let started = Instant::now();
         let qtype = request.queries.queries().first().map(|q| q.query_type());
-        if request.protocol() == Protocol::Udp
-            && let Some(limiter) = &self.rate_limit
-            && !limiter.allow(request.src().ip())
-        {
-            // Dropped, not answered: an answer would still reflect traffic at a spoofed source.
-            self.metrics.rate_limited.inc();
-            return info_without_response(request, ResponseCode::Refused);
-        }
         let info = self.respond(request, response).await;
         self.metrics
             .observe(qtype, info.response_code, started.elapsed());
@@ -244,6 +254,65 @@ async fn send<'a, R: ResponseHandler>(
             info_without_response(request, ResponseCode::ServFail)
         }
     }
+}
+
+/// Encodes a response, at most `max_size` bytes (hickory sets TC and leaves
+/// out what does not fit). A response that cannot be encoded becomes a bare
+/// SERVFAIL, as hickory's own UDP/TCP path does.
+pub(crate) fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    id: u16,
+    max_size: u16,
+) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max_size);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Ok((info, bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "encoding a response failed; answering SERVFAIL");
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            let bytes = header.to_bytes()?;
+            Ok((ResponseInfo::from(header), bytes))
+        }
+    }
+}
+
+/// FORMERR echoing the id and opcode of a message whose header decodes but
+/// whose body does not. `None` for fewer than 12 bytes or a response.
+pub(crate) fn formerr(message: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(message)).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::FormErr;
+    let out = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    out.to_bytes().ok()
+}
+
+/// The largest UDP response for `request`: its EDNS buffer size (at least
+/// 512, at most [`MAX_UDP_PAYLOAD`]), 512 without EDNS (RFC 1035 §4.2.1).
+pub(crate) fn udp_max_size(request: &Request) -> u16 {
+    request
+        .edns
+        .as_ref()
+        .map_or(512, |e| e.max_payload().clamp(512, MAX_UDP_PAYLOAD))
 }
 
 /// The response's EDNS: present when the request had one, with our buffer size

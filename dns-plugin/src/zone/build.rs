@@ -7,7 +7,9 @@ use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use isthmus_proto::dns as proto;
 
-use super::{AnswerConfig, Layout, Node, Policy, Snapshot, ZoneConfig, ZoneData, order};
+use super::{
+    AnswerConfig, Layout, Node, Policy, Snapshot, WireAnswers, ZoneConfig, ZoneData, order,
+};
 
 impl Snapshot {
     /// Builds every zone's records from one feed message.
@@ -68,6 +70,8 @@ fn build_zone(
                 )),
             }
         }
+        node.a_wire = WireAnswers::encode(&node.a).unwrap_or_default();
+        node.aaaa_wire = WireAnswers::encode(&node.aaaa).unwrap_or_default();
         let additionals: Vec<Record> = node.a.iter().chain(&node.aaaa).cloned().collect();
         for port in &svc.ports {
             let (Ok(number), Ok(label)) = (u16::try_from(port.number), port_label(&port.name))
@@ -113,12 +117,24 @@ fn build_zone(
         config: zone.clone(),
         origin: LowerName::new(&origin),
         origin_labels: origin.iter().count(),
+        origin_wire: origin_wire(&origin),
         names,
         empty_non_terminals,
         soa: soa_record(&origin, serial, ttl),
         ns: Record::from_rdata(origin.clone(), ttl, RData::NS(NS(nameserver(&origin)))),
         services,
     }
+}
+
+/// The lowercase wire form of a fully qualified name, root label included.
+fn origin_wire(origin: &Name) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(origin.len() + 1);
+    for label in origin.to_lowercase().iter() {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    out.into_boxed_slice()
 }
 
 /// `ns.<zone>`: the name this server calls itself in SOA and NS records.

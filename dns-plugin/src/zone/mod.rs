@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use isthmus_api::naming::Locality;
 
 pub use order::order_endpoints;
@@ -124,6 +124,52 @@ pub struct Node {
     pub srv: Vec<Record>,
     /// Addresses of SRV targets.
     pub additionals: Vec<Record>,
+    /// `a` encoded for the UDP fast path ([`WireAnswers`]).
+    pub a_wire: WireAnswers,
+    /// `aaaa` encoded for the UDP fast path.
+    pub aaaa_wire: WireAnswers,
+}
+
+/// An answer section encoded once, when the snapshot is built: each record's
+/// owner is the 2-byte pointer `0xC00C` to the question's name (which always
+/// starts at offset 12), so the bytes fit any query for the name, in
+/// whatever letter case it was asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireAnswers {
+    /// Records in `bytes` (the response's ANCOUNT).
+    pub count: u16,
+    pub bytes: Box<[u8]>,
+}
+
+impl WireAnswers {
+    /// Encodes A and AAAA records; `None` for any other type (not needed by the fast path).
+    pub fn encode(records: &[Record]) -> Option<WireAnswers> {
+        let mut bytes = Vec::with_capacity(records.len() * 28);
+        for record in records {
+            let mut octets = [0u8; 16];
+            let rdata: &[u8] = match &record.data {
+                RData::A(a) => {
+                    octets[..4].copy_from_slice(&a.0.octets());
+                    &octets[..4]
+                }
+                RData::AAAA(aaaa) => {
+                    octets.copy_from_slice(&aaaa.0.octets());
+                    &octets
+                }
+                _ => return None,
+            };
+            bytes.extend_from_slice(&[0xC0, 0x0C]);
+            bytes.extend_from_slice(&u16::from(record.record_type()).to_be_bytes());
+            bytes.extend_from_slice(&u16::from(record.dns_class).to_be_bytes());
+            bytes.extend_from_slice(&record.ttl.to_be_bytes());
+            bytes.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(rdata);
+        }
+        Some(WireAnswers {
+            count: u16::try_from(records.len()).ok()?,
+            bytes: bytes.into_boxed_slice(),
+        })
+    }
 }
 
 impl Node {
@@ -145,6 +191,8 @@ pub struct ZoneData {
     pub config: ZoneConfig,
     origin: LowerName,
     origin_labels: usize,
+    /// The origin in lowercase wire format, root label included (`\x06global\x00`).
+    pub(crate) origin_wire: Box<[u8]>,
     /// Relative name in wire labels (`\x07reviews\x07default`) → records.
     names: HashMap<Box<[u8]>, Node>,
     /// Names that exist only because something is below them (`default.global.`).
@@ -219,6 +267,35 @@ impl Snapshot {
         } else {
             Found::NxDomain
         }
+    }
+
+    /// Finds a name given as lowercase wire labels with the root label
+    /// (`\x07reviews\x07default\x06global\x00`): the zone it is in (the longest
+    /// matching origin) and its node. `None` when no zone holds it, or it is
+    /// the apex, an empty non-terminal or absent (the slow path answers those).
+    /// `starts` are the offsets of the labels in `wire`. No allocation.
+    pub(crate) fn node_by_wire<'a>(
+        &'a self,
+        wire: &[u8],
+        starts: &[usize],
+    ) -> Option<(&'a ZoneData, &'a Node)> {
+        let mut best: Option<(&ZoneData, usize)> = None;
+        for zone in &self.zones {
+            let Some(at) = wire.len().checked_sub(zone.origin_wire.len()) else {
+                continue;
+            };
+            if starts.contains(&at)
+                && wire[at..] == *zone.origin_wire
+                && best.is_none_or(|(b, _)| zone.origin_labels > b.origin_labels)
+            {
+                best = Some((zone, at));
+            }
+        }
+        let (zone, at) = best?;
+        if at == 0 {
+            return None;
+        }
+        zone.names.get(&wire[..at]).map(|node| (zone, node))
     }
 
     /// Number of services (the same in every zone).
