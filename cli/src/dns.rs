@@ -54,6 +54,10 @@ pub(crate) struct DnsArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Answer A/AAAA queries for service names over UDP in our own receive loop
+    /// (`on`); `off` hands every UDP query to hickory-server's listener.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    udp_fast_path: String,
 }
 
 fn zones(args: &DnsArgs) -> anyhow::Result<Vec<ZoneConfig>> {
@@ -83,6 +87,7 @@ pub(crate) fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
     options.upstream = args.upstream;
     options.ttl = Duration::from_secs(args.ttl);
     options.rate_limit = args.rate_limit;
+    options.udp_fast_path = args.udp_fast_path == "on";
     if let Some(n) = args.udp_sockets {
         options.udp_sockets = n;
     }

@@ -26,6 +26,7 @@ fn handler() -> &'static Handler {
         Handler::new(
             Arc::new(ArcSwap::from_pointee(snapshot)),
             None,
+            None,
             DnsMetrics::register(&mut registry),
         )
     })

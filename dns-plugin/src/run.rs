@@ -60,6 +60,9 @@ pub struct Options {
     pub udp_sockets: usize,
     /// Time in-flight queries get to finish after shutdown starts.
     pub drain_grace: Duration,
+    /// Answer A/AAAA queries for service names in our own UDP loop
+    /// (`server::fast`); off: hickory-server's UDP listener takes every query.
+    pub udp_fast_path: bool,
 }
 
 impl Options {
@@ -79,6 +82,7 @@ impl Options {
             rate_limit: None,
             udp_sockets: std::thread::available_parallelism().map_or(1, |n| n.get()),
             drain_grace: Duration::from_secs(5),
+            udp_fast_path: true,
         }
     }
 }
@@ -145,16 +149,14 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         options
             .upstream
             .map(|u| Forwarder::new(u, Duration::from_secs(2))),
+        options.rate_limit.map(RateLimiter::new),
         metrics.clone(),
     );
-    let rate_limit = options
-        .rate_limit
-        .map(|qps| Arc::new(RateLimiter::new(qps)));
 
     // Bind everything first, so a port in use fails start() instead of a task.
     let bind_err = |what, addr| move |source| Error::Bind { what, addr, source };
     let mut server = Server::new(handler.clone());
-    let udp = bind_udp(options.listen, options.udp_sockets.max(1))
+    let mut udp = bind_udp(options.listen, options.udp_sockets.max(1))
         .map_err(bind_err("DNS (UDP)", options.listen))?;
     let dns = udp[0]
         .local_addr()
@@ -162,6 +164,11 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     let tcp = tokio::net::TcpListener::bind(dns)
         .await
         .map_err(bind_err("DNS (TCP)", dns))?;
+    if !options.udp_fast_path {
+        for socket in udp.drain(..) {
+            server.register_socket(socket);
+        }
+    }
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
     let admin = match options.admin {
         Some(addr) => Some(
@@ -186,10 +193,9 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
 
     let mut tasks = tokio::task::JoinSet::new();
     for socket in udp {
-        let (handler, rate_limit, shutdown) =
-            (handler.clone(), rate_limit.clone(), shutdown.clone());
+        let (handler, shutdown) = (handler.clone(), shutdown.clone());
         tasks.spawn(async move {
-            crate::server::udp::serve(socket, handler, rate_limit, shutdown).await;
+            crate::server::udp::serve(socket, handler, shutdown).await;
             Ok(())
         });
     }

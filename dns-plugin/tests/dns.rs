@@ -551,26 +551,58 @@ async fn forwards_other_names_to_an_upstream() {
 
 #[tokio::test]
 async fn rate_limit_drops_a_flooding_source_over_udp_only() {
-    let feed = FakeFeed::start("127.0.0.1:0".parse().unwrap(), reviews(1, true)).await;
-    let mut o = options("east", feed.addr, Policy::Vip);
-    o.rate_limit = Some(5);
-    let dns = Dns::start(o).await;
-    dns.wait_version(1).await;
-    let q = query("reviews.default.global.", RecordType::A, None)
-        .to_vec()
-        .unwrap();
-    let mut answered = 0;
-    for _ in 0..20 {
-        if udp_raw(dns.addr, &q, Duration::from_millis(50))
-            .await
-            .is_some()
-        {
-            answered += 1;
+    for fast_path in [true, false] {
+        let feed = FakeFeed::start("127.0.0.1:0".parse().unwrap(), reviews(1, true)).await;
+        let mut o = options("east", feed.addr, Policy::Vip);
+        o.rate_limit = Some(5);
+        o.udp_fast_path = fast_path;
+        let dns = Dns::start(o).await;
+        dns.wait_version(1).await;
+        // One query the fast path answers, one it leaves to the handler (NXDOMAIN).
+        for name in ["reviews.default.global.", "nope.default.global."] {
+            let q = query(name, RecordType::A, None).to_vec().unwrap();
+            let mut answered = 0;
+            for _ in 0..20 {
+                if udp_raw(dns.addr, &q, Duration::from_millis(50))
+                    .await
+                    .is_some()
+                {
+                    answered += 1;
+                }
+            }
+            assert!(
+                (5..=10).contains(&answered),
+                "{name} (fast path {fast_path}): {answered} of 20 answered"
+            );
+            // TCP is not limited.
+            assert!(tcp_raw(dns.addr, &q).await.is_ok());
         }
     }
-    assert!((5..=10).contains(&answered), "{answered} of 20 answered");
-    // TCP is not limited.
-    assert!(tcp_raw(dns.addr, &q).await.is_ok());
+}
+
+#[tokio::test]
+async fn hickory_udp_listener_answers_the_same_with_the_fast_path_off() {
+    let feed = FakeFeed::start("127.0.0.1:0".parse().unwrap(), reviews(1, true)).await;
+    let mut fast = options("east", feed.addr, Policy::Vip);
+    fast.locality = "us-east/us-east-1a".parse().unwrap();
+    let mut plain = fast.clone();
+    plain.udp_fast_path = false;
+    let (fast, plain) = (Dns::start(fast).await, Dns::start(plain).await);
+    fast.wait_version(1).await;
+    plain.wait_version(1).await;
+    for (name, qtype, edns) in [
+        ("reviews.default.global.", RecordType::A, None),
+        ("Reviews.Default.Global.", RecordType::A, Some(1232)),
+        ("reviews.default.svc.clusterset.local.", RecordType::A, None),
+        ("reviews.default.global.", RecordType::AAAA, None),
+        ("nope.default.global.", RecordType::A, None),
+        ("example.com.", RecordType::A, None),
+    ] {
+        let q = query(name, qtype, edns);
+        let (a, _) = udp(fast.addr, &q).await;
+        let (b, _) = udp(plain.addr, &q).await;
+        assert_eq!(a, b, "{name} {qtype}");
+    }
 }
 
 #[tokio::test]

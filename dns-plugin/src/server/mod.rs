@@ -7,7 +7,9 @@
 //! the zones are REFUSED, or forwarded to `upstream`. The same handler serves
 //! TCP (hickory's listener), CoreDNS's gRPC plugin ([`grpc`]) and every UDP
 //! query that the fast path ([`fast`], run by our own receive loop in
-//! [`udp`], which also applies the rate limit) leaves to it.
+//! [`udp`]) leaves to it; with `--udp-fast-path off`, hickory-server's own
+//! UDP listener sends it every UDP query. The per-source rate limit applies
+//! to UDP only, in whichever loop receives the datagram.
 
 pub mod fast;
 pub mod forward;
@@ -26,6 +28,7 @@ use hickory_proto::op::{
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
@@ -33,6 +36,7 @@ use crate::metrics::DnsMetrics;
 use crate::zone::{Found, Snapshot};
 use fast::FastAnswer;
 use forward::Forwarder;
+use ratelimit::RateLimiter;
 
 /// Largest UDP payload we answer with, whatever the client advertises.
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
@@ -42,6 +46,7 @@ pub const MAX_UDP_PAYLOAD: u16 = 4096;
 pub struct Handler {
     snapshot: Arc<ArcSwap<Snapshot>>,
     upstream: Option<Arc<Forwarder>>,
+    rate_limit: Option<Arc<RateLimiter>>,
     metrics: DnsMetrics,
 }
 
@@ -49,12 +54,27 @@ impl Handler {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         upstream: Option<Forwarder>,
+        rate_limit: Option<RateLimiter>,
         metrics: DnsMetrics,
     ) -> Handler {
         Handler {
             snapshot,
             upstream: upstream.map(Arc::new),
+            rate_limit: rate_limit.map(Arc::new),
             metrics,
+        }
+    }
+
+    /// Counts one UDP query from `src`; false (and counted as dropped) when it
+    /// is over the per-source rate limit. Dropped, not answered: an answer would
+    /// still reflect traffic at a spoofed source. TCP is never limited.
+    pub fn allow_udp(&self, src: std::net::IpAddr) -> bool {
+        match &self.rate_limit {
+            Some(limiter) if !limiter.allow(src) => {
+                self.metrics.rate_limited.inc();
+                false
+            }
+            _ => true,
         }
     }
 
@@ -102,6 +122,18 @@ impl RequestHandler for Handler {
         request: &Request,
         response: R,
     ) -> ResponseInfo {
+        // hickory-server's UDP listener (`--udp-fast-path off`) comes here unlimited;
+        // our own UDP loop checks the limit before any work and calls `answer`.
+        if request.protocol() == Protocol::Udp && !self.allow_udp(request.src().ip()) {
+            return info_without_response(request, ResponseCode::Refused);
+        }
+        self.answer(request, response).await
+    }
+}
+
+impl Handler {
+    /// Answers `request` (no rate limit here) and counts it.
+    pub async fn answer<R: ResponseHandler>(&self, request: &Request, response: R) -> ResponseInfo {
         let started = Instant::now();
         let qtype = request.queries.queries().first().map(|q| q.query_type());
         let info = self.respond(request, response).await;
@@ -109,9 +141,7 @@ impl RequestHandler for Handler {
             .observe(qtype, info.response_code, started.elapsed());
         info
     }
-}
 
-impl Handler {
     async fn respond<R: ResponseHandler>(&self, request: &Request, response: R) -> ResponseInfo {
         let snapshot = self.snapshot.load_full();
         let edns = response_edns(request);
