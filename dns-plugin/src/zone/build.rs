@@ -8,7 +8,8 @@ use hickory_proto::rr::{LowerName, Name, RData, Record};
 use isthmus_proto::dns as proto;
 
 use super::{
-    AnswerConfig, Layout, Node, Policy, Snapshot, WireAnswers, ZoneConfig, ZoneData, order,
+    AnswerConfig, Layout, NameHasher, Node, Policy, Snapshot, WireAnswers, ZoneConfig, ZoneData,
+    order,
 };
 
 impl Snapshot {
@@ -39,8 +40,9 @@ fn build_zone(
     ttl: u32,
 ) -> ZoneData {
     let origin = zone.origin.clone();
-    let mut names: HashMap<Box<[u8]>, Node> = HashMap::with_capacity(feed.services.len() * 2);
-    let mut empty_non_terminals = HashSet::new();
+    let mut names: HashMap<Box<[u8]>, Node, NameHasher> =
+        HashMap::with_capacity_and_hasher(feed.services.len() * 2, NameHasher::default());
+    let mut empty_non_terminals = HashSet::with_hasher(NameHasher::default());
     let mut services = 0;
     for svc in &feed.services {
         let Some(base) = service_labels(zone.layout, &svc.name, &svc.namespace) else {
