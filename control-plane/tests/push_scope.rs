@@ -4,6 +4,8 @@
 //! resources are generated once and shared between proxies.
 
 #[allow(dead_code)]
+mod ads_delta_support;
+#[allow(dead_code)]
 mod ads_support;
 
 use std::collections::BTreeSet;
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ads_delta_support::DeltaClient;
 use ads_support::{Client, TIMEOUT, names, proxy, summary};
 use isthmus_api::Resource;
 use isthmus_api::load::load_yaml;
@@ -193,6 +196,62 @@ async fn endpoint_change_sends_only_the_changed_assignment() {
     assert_eq!(summary(&back), (ENDPOINT.to_string(), vec![cluster("bb")]));
     let digest = |version: &str| version.split('-').nth(1).map(str::to_string);
     assert_eq!(digest(&back.version_info), digest(&first_eds_version));
+}
+
+/// Endpoint changes on incremental streams: one response with one
+/// assignment, to the proxies that see it only, and a nonce as ACK.
+#[tokio::test]
+async fn incremental_endpoint_change_sends_one_assignment() {
+    let cp = ControlPlane::start().await;
+    let sleep = proxy("sleep");
+    let mut c = DeltaClient::connect(cp.addr, Some(sleep.to_node())).await;
+    let [_, eds, ..] = c.sync(&["80"]).await;
+    assert_eq!(
+        ads_delta_support::names(&eds),
+        [cluster("a"), cluster("bb"), cluster("ccc")]
+    );
+    let web = in_namespace("web", "other");
+    let mut other = DeltaClient::connect(cp.addr, Some(web.to_node())).await;
+    other.sync(&["80"]).await;
+
+    let version = upsert(
+        &cp.store,
+        &service_entry("bb", "sample", &["127.0.11.1", "127.0.11.9"], "\"*\""),
+    );
+    let push = c.recv().await;
+    assert_eq!(
+        ads_delta_support::summary(&push),
+        (ENDPOINT.to_string(), vec![cluster("bb")], vec![])
+    );
+    assert!(
+        push.system_version_info.starts_with(&format!("{version}-")),
+        "{}",
+        push.system_version_info
+    );
+    c.ack(&push).await;
+    // bb is exported everywhere: the other namespace's proxy sees it too.
+    let theirs = other.recv().await;
+    assert_eq!(
+        ads_delta_support::summary(&theirs),
+        ads_delta_support::summary(&push)
+    );
+    other.ack(&theirs).await;
+
+    // private is seen from its own namespace only.
+    upsert(
+        &cp.store,
+        &service_entry("private", "other", &["127.0.13.2"], "\".\""),
+    );
+    let private = other.recv().await;
+    assert_eq!(
+        ads_delta_support::summary(&private),
+        (ENDPOINT.to_string(), vec![cluster("private")], vec![])
+    );
+    other.ack(&private).await;
+    c.expect_silence(QUIET).await;
+    other.expect_silence(Duration::from_millis(50)).await;
+    let dump = cp.server.last_sent(&sleep.id).expect("dump");
+    assert_eq!(dump[ENDPOINT].len(), 3);
 }
 
 #[tokio::test]

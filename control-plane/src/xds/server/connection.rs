@@ -9,19 +9,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, trace, warn};
 
 use super::debounce::{Update, same_state};
+use super::first_sync::FirstSync;
 use super::metrics::short_type;
 use super::names::Names;
 use super::push::{Digest, Step, make_before_break, version_info};
-use super::status::{NackStatus, ProxySyncStatus, TypeSyncStatus, View};
-use super::stream::{End, ResponseTx};
+use super::status::{NackStatus, TypeSyncStatus, View};
+use super::stream::{End, Protocol, ResponseTx};
 use super::wire::{Request, Response};
 use super::{Inner, RESPONSE_BUFFER, lock};
 use crate::xds::{
@@ -30,18 +31,18 @@ use crate::xds::{
 };
 
 /// Identifies this control plane in every response.
-const CONTROL_PLANE_ID: &str = "isthmus";
+pub(super) const CONTROL_PLANE_ID: &str = "isthmus";
 /// Pushes awaiting ACKs kept per stream for the convergence metric.
-const MAX_PENDING_PUSHES: usize = 16;
+pub(super) const MAX_PENDING_PUSHES: usize = 16;
 /// How long a push waits for a proxy to take its responses before it lets
 /// the next stream push (see [`Connection::send`]).
-const DRAIN_WAIT: Duration = Duration::from_secs(5);
+pub(super) const DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// A partial EDS push up to this size (encoded resources) goes out without
 /// waiting for the push throttle or for the proxy to take it: what the
 /// throttle bounds is the memory of large responses in flight, and an
 /// endpoint change is a few hundred bytes per proxy, whose latency is what
 /// the mesh feels.
-const SMALL_PUSH: usize = 64 * 1024;
+pub(super) const SMALL_PUSH: usize = 64 * 1024;
 
 /// Protocol state of one subscribed type.
 struct TypeState {
@@ -68,28 +69,6 @@ struct PendingPush {
     awaiting: BTreeSet<String>,
 }
 
-/// Where a stream is in its first sync.
-///
-/// A stream waits for a place ([`Inner::syncing`]) before its first
-/// response and keeps it until the proxy has answered every response, LDS
-/// included (Envoy asks for LDS after CDS and EDS), or for
-/// [`first_sync_hold`](super::AdsOptions::first_sync_hold).
-/// The places are as many as the push throttle, so a mass connect is served
-/// a proxy's whole sync at a time (its requests wait only for the push
-/// throttle, which few streams compete for) instead of type by type over
-/// every proxy.
-enum FirstSync {
-    /// No response sent yet.
-    Waiting,
-    /// Holding a place until the proxy is synced or the deadline passes.
-    Holding {
-        _place: OwnedSemaphorePermit,
-        until: Instant,
-    },
-    /// Synced, or gave up its place.
-    Done,
-}
-
 /// One proxy on one stream, registered in the status view while it lives.
 pub(super) struct Connection {
     inner: Arc<Inner>,
@@ -105,28 +84,13 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(
-        inner: Arc<Inner>,
-        proxy: ProxyInfo,
-        tx: ResponseTx,
-        current: Arc<Update>,
-    ) -> Self {
+    fn new(inner: Arc<Inner>, proxy: ProxyInfo, tx: ResponseTx, current: Arc<Update>) -> Self {
         let id = inner
             .next_connection
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let view = inner.connections.insert(View {
-            status: ProxySyncStatus {
-                connection: id,
-                proxy_id: proxy.id.clone(),
-                role: proxy.role,
-                cluster: proxy.cluster.clone(),
-                connected_since: SystemTime::now(),
-                types: BTreeMap::new(),
-            },
-            proxy: proxy.clone(),
-            state: current.state.clone(),
-            sent: BTreeMap::new(),
-        });
+        let view = inner
+            .connections
+            .insert(View::new(id, &proxy, current.state.clone(), false));
         inner.metrics.connected().inc();
         info!(connection = id, "proxy connected");
         Self {
@@ -139,29 +103,6 @@ impl Connection {
             pending: VecDeque::new(),
             view,
             first_sync: FirstSync::Waiting,
-        }
-    }
-
-    /// When the stream gives up its first-sync place if the proxy has not
-    /// synced by then; `None` when it holds none.
-    pub(super) fn sync_deadline(&self) -> Option<Instant> {
-        match self.first_sync {
-            FirstSync::Holding { until, .. } => Some(until),
-            FirstSync::Waiting | FirstSync::Done => None,
-        }
-    }
-
-    /// Gives up the first-sync place: the proxy synced, or took too long.
-    pub(super) fn end_first_sync(&mut self) {
-        if let FirstSync::Holding { until, .. } = self.first_sync {
-            let held =
-                (Instant::now() + self.inner.first_sync_hold).saturating_duration_since(until);
-            debug!(
-                synced = self.synced(),
-                held_ms = held.as_millis(),
-                "first sync over"
-            );
-            self.first_sync = FirstSync::Done;
         }
     }
 
@@ -179,7 +120,7 @@ impl Connection {
             })
     }
 
-    pub(super) async fn on_request(&mut self, request: Request) -> Result<(), End> {
+    async fn on_request(&mut self, request: Request) -> Result<(), End> {
         let type_url = request.type_url;
         if type_url.is_empty() {
             return Err(End::Reject(Status::invalid_argument(
@@ -236,17 +177,8 @@ impl Connection {
                 }
             }
         };
-        if respond && matches!(self.first_sync, FirstSync::Waiting) {
-            let place = self.inner.syncing.clone().acquire_owned().await;
-            self.first_sync = match place {
-                Ok(place) => FirstSync::Holding {
-                    _place: place,
-                    until: Instant::now() + self.inner.first_sync_hold,
-                },
-                Err(_) => FirstSync::Done,
-            };
-        }
         if respond {
+            self.first_sync.take_place(&self.inner).await;
             let _permit = self.inner.throttle.clone().acquire_owned().await;
             if let Some(step) = self.generate(&type_url) {
                 self.send(step).await?;
@@ -254,8 +186,8 @@ impl Connection {
             }
         }
         self.publish(&type_url);
-        if matches!(self.first_sync, FirstSync::Holding { .. }) && self.synced() {
-            self.end_first_sync();
+        if self.first_sync.is_holding() && self.synced() {
+            self.first_sync.end(&self.inner, true);
         }
         Ok(())
     }
@@ -306,7 +238,7 @@ impl Connection {
 
     /// Sends what changed for this proxy between the stream's state and
     /// `update`'s, make before break.
-    pub(super) async fn push(&mut self, update: Arc<Update>) -> Result<(), End> {
+    async fn push(&mut self, update: Arc<Update>) -> Result<(), End> {
         let started = Instant::now();
         let (version, current) = (update.state.version(), self.current.state.version());
         if version < current || same_state(&update.state, &self.current.state) {
@@ -552,6 +484,35 @@ impl Connection {
     /// Copies the stream's state to the view (a push that sent nothing).
     fn publish_state(&self) {
         lock(&self.view).state = self.current.state.clone();
+    }
+}
+
+impl Protocol for Connection {
+    type Request = Request;
+    type Response = Response;
+
+    fn node(request: &Request) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn new(inner: Arc<Inner>, proxy: ProxyInfo, tx: ResponseTx, current: Arc<Update>) -> Self {
+        Connection::new(inner, proxy, tx, current)
+    }
+
+    fn first_sync(&mut self) -> &mut FirstSync {
+        &mut self.first_sync
+    }
+
+    fn synced(&self) -> bool {
+        Connection::synced(self)
+    }
+
+    fn on_request(&mut self, request: Request) -> impl Future<Output = Result<(), End>> + Send {
+        Connection::on_request(self, request)
+    }
+
+    fn push(&mut self, update: Arc<Update>) -> impl Future<Output = Result<(), End>> + Send {
+        Connection::push(self, update)
     }
 }
 

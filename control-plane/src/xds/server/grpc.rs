@@ -1,6 +1,7 @@
-//! `StreamAggregatedResources` over gRPC without tonic's codec: requests are
-//! read from the HTTP/2 body and decoded with names as slices
-//! ([`wire::Request`]); responses are written as pieces of shared, already
+//! `StreamAggregatedResources` and `DeltaAggregatedResources` over gRPC
+//! without tonic's codec: requests are read from the HTTP/2 body and
+//! decoded (state-of-the-world ones with names as slices,
+//! [`wire::Request`]); responses are written as pieces of shared, already
 //! encoded resources ([`wire::Chunks`]).
 //!
 //! tonic's generic path encodes every response into one per-stream buffer
@@ -15,6 +16,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -30,7 +32,7 @@ use tonic::transport::server::TcpConnectInfo;
 
 use super::AdsServer;
 use super::stream::End;
-use super::wire::{self, Chunks, GRPC_HEADER};
+use super::wire::{self, Chunks, GRPC_HEADER, Incoming, Outgoing};
 
 /// gRPC name of the ADS service.
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -69,10 +71,13 @@ impl Service<http::Request<Body>> for AdsService {
                 .into_http(),
                 None => self.open(request),
             },
-            DELTA_PATH => Status::unimplemented(
-                "Isthmus serves state-of-the-world ADS (StreamAggregatedResources) only",
-            )
-            .into_http(),
+            DELTA_PATH => match compression(&request) {
+                Some(encoding) => Status::unimplemented(format!(
+                    "requests compressed with {encoding:?} are not supported; send them uncompressed"
+                ))
+                .into_http(),
+                None => self.open_delta(request),
+            },
             other => Status::unimplemented(format!("no method {other}")).into_http(),
         };
         ready(Ok(response))
@@ -87,20 +92,40 @@ impl AdsService {
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
-        match self
-            .server
-            .open_stream(Requests::new(request.into_body()), peer)
-        {
-            Ok(responses) => {
-                let mut response = http::Response::new(Body::new(ResponseBody::new(responses)));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/grpc"),
-                );
-                response
-            }
-            Err(status) => status.into_http(),
+        respond(
+            self.server
+                .open_stream(Requests::new(request.into_body()), peer),
+        )
+    }
+
+    /// Starts serving one `DeltaAggregatedResources` stream.
+    fn open_delta(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        respond(
+            self.server
+                .open_delta_stream(Requests::new(request.into_body()), peer),
+        )
+    }
+}
+
+/// The response headers and a body fed by a stream's task, or the status
+/// refusing the stream.
+fn respond<M: Outgoing + Unpin>(
+    opened: Result<mpsc::Receiver<Result<M, Status>>, Status>,
+) -> http::Response<Body> {
+    match opened {
+        Ok(responses) => {
+            let mut response = http::Response::new(Body::new(ResponseBody::new(responses)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            response
         }
+        Err(status) => status.into_http(),
     }
 }
 
@@ -113,33 +138,35 @@ fn compression(request: &http::Request<Body>) -> Option<String> {
 
 /// The requests of one stream, decoded as they arrive.
 #[derive(Debug)]
-pub(super) struct Requests {
+pub(super) struct Requests<R = wire::Request> {
     body: Body,
     /// Received data not yet decoded.
     buffered: Received,
     ended: bool,
+    _message: PhantomData<fn() -> R>,
 }
 
-impl Requests {
+impl<R: Incoming> Requests<R> {
     pub(super) fn new(body: Body) -> Self {
         Self {
             body,
             buffered: Received::default(),
             ended: false,
+            _message: PhantomData,
         }
     }
 
     /// The next request, or `None` once the proxy closed its side.
     ///
     /// Cancel safe: what was received is kept until a whole message is in.
-    pub(super) async fn message(&mut self) -> Result<Option<wire::Request>, End> {
+    pub(super) async fn message(&mut self) -> Result<Option<R>, End> {
         loop {
             if let Some(message) = self.take_message()? {
                 return Ok(Some(message));
             }
             if self.ended {
                 if self.buffered.len > 0 {
-                    return Err(reject(format!(
+                    return Err(reject::<R>(format!(
                         "the stream ended inside a message ({} bytes of it)",
                         self.buffered.len
                     )));
@@ -163,22 +190,25 @@ impl Requests {
     }
 
     /// Decodes the first buffered message if it is complete.
-    fn take_message(&mut self) -> Result<Option<wire::Request>, End> {
+    fn take_message(&mut self) -> Result<Option<R>, End> {
         let Some(header) = self.buffered.header() else {
             return Ok(None);
         };
         match header[0] {
             0 => {}
             1 => {
-                return Err(reject(
-                    "compressed message; send DiscoveryRequests uncompressed".to_string(),
-                ));
+                return Err(reject::<R>(format!(
+                    "compressed message; send {}s uncompressed",
+                    R::NAME
+                )));
             }
-            flag => return Err(reject(format!("invalid gRPC compression flag {flag}"))),
+            flag => {
+                return Err(reject::<R>(format!("invalid gRPC compression flag {flag}")));
+            }
         }
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         if len > MAX_REQUEST {
-            return Err(reject(format!(
+            return Err(reject::<R>(format!(
                 "message of {len} bytes is over the limit of {MAX_REQUEST}"
             )));
         }
@@ -187,9 +217,9 @@ impl Requests {
         }
         self.buffered.advance(GRPC_HEADER);
         // Decoded from the received frames in place: names are slices of them.
-        wire::Request::decode((&mut self.buffered).take(len))
+        R::decode_from((&mut self.buffered).take(len))
             .map(Some)
-            .map_err(|e| reject(e.to_string()))
+            .map_err(|e| reject::<R>(e.to_string()))
     }
 }
 
@@ -271,27 +301,28 @@ impl Buf for Received {
     }
 }
 
-fn reject(reason: String) -> End {
+fn reject<R: Incoming>(reason: String) -> End {
     End::Reject(Status::invalid_argument(format!(
-        "reading DiscoveryRequest: {reason}"
+        "reading {}: {reason}",
+        R::NAME
     )))
 }
 
 /// Where a stream's task sends its responses, then maybe a final status.
-pub(super) type ResponseTx = mpsc::Sender<Result<wire::Response, Status>>;
+pub(super) type ResponseTx<M = wire::Response> = mpsc::Sender<Result<M, Status>>;
 
 /// The HTTP/2 body of one stream: each response in pieces as the
 /// connection takes them, then the gRPC status in trailers (`OK` when the
 /// stream's task ends without one).
 #[derive(Debug)]
-struct ResponseBody {
-    responses: mpsc::Receiver<Result<wire::Response, Status>>,
-    sending: Option<Chunks>,
+struct ResponseBody<M> {
+    responses: mpsc::Receiver<Result<M, Status>>,
+    sending: Option<Chunks<M>>,
     done: bool,
 }
 
-impl ResponseBody {
-    fn new(responses: mpsc::Receiver<Result<wire::Response, Status>>) -> Self {
+impl<M: Outgoing> ResponseBody<M> {
+    fn new(responses: mpsc::Receiver<Result<M, Status>>) -> Self {
         Self {
             responses,
             sending: None,
@@ -309,7 +340,7 @@ impl ResponseBody {
     }
 }
 
-impl hyper::body::Body for ResponseBody {
+impl<M: Outgoing + Unpin> hyper::body::Body for ResponseBody<M> {
     type Data = Bytes;
     type Error = Status;
 

@@ -1,5 +1,7 @@
-//! The Aggregated Discovery Service: state-of-the-world xDS, one gRPC stream
-//! per proxy.
+//! The Aggregated Discovery Service, one gRPC stream per proxy, in both
+//! variants: state of the world (`StreamAggregatedResources`, below) and
+//! incremental (`DeltaAggregatedResources`, [`delta`]), on the same port,
+//! with the same node handling, debounce, throttle and first-sync places.
 //!
 //! Data path: the [`ConfigState`](crate::xds::ConfigState) watch channel →
 //! `debounce` (a burst of changes becomes one update) → one task per stream
@@ -52,6 +54,8 @@
 
 mod connection;
 mod debounce;
+mod delta;
+mod first_sync;
 #[cfg(test)]
 mod first_sync_tests;
 mod grpc;
@@ -233,7 +237,32 @@ impl AdsServer {
         }
         self.start_debouncer();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(stream::run(self.inner.clone(), requests, tx, peer));
+        tokio::spawn(stream::run::<connection::Connection>(
+            self.inner.clone(),
+            requests,
+            tx,
+            peer,
+        ));
+        Ok(rx)
+    }
+
+    /// Starts the task serving one `DeltaAggregatedResources` stream.
+    fn open_delta_stream(
+        &self,
+        requests: grpc::Requests<delta::Request>,
+        peer: Option<SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<delta::Response, Status>>, Status> {
+        if self.inner.close.is_cancelled() {
+            return Err(stream::shutting_down());
+        }
+        self.start_debouncer();
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(stream::run::<delta::Connection>(
+            self.inner.clone(),
+            requests,
+            tx,
+            peer,
+        ));
         Ok(rx)
     }
 

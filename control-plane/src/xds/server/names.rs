@@ -116,6 +116,11 @@ impl Interner {
                     .map_err(|_| NotUtf8(i))
             })
             .collect::<Result<BTreeSet<String>, _>>()?;
+        Ok(self.intern_set(set))
+    }
+
+    /// The shared copy of `set`.
+    pub(super) fn intern_set(&self, set: BTreeSet<String>) -> Names {
         let digest = NamesDigest::of(set.iter().map(String::as_bytes));
         let mut sets = lock(&self.sets);
         if sets.len() >= SWEEP_AT {
@@ -137,7 +142,7 @@ impl Interner {
                 set
             }
         };
-        Ok(Names { set, digest })
+        Names { set, digest }
     }
 }
 

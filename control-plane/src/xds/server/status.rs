@@ -23,6 +23,8 @@ pub struct ProxySyncStatus {
     /// The proxy's cluster (`CLUSTER_ID` metadata).
     pub cluster: String,
     pub connected_since: SystemTime,
+    /// Whether the stream speaks incremental xDS (`DeltaAggregatedResources`).
+    pub incremental: bool,
     /// Per subscribed type URL.
     pub types: BTreeMap<String, TypeSyncStatus>,
 }
@@ -30,9 +32,11 @@ pub struct ProxySyncStatus {
 /// Sync state of one xDS type on one stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeSyncStatus {
-    /// Whether the subscription is a wildcard (LDS, CDS).
+    /// Whether the subscription is a wildcard (LDS, CDS; incremental
+    /// streams may also name them).
     pub wildcard: bool,
-    /// How many resource names the proxy subscribed to (0 for wildcards).
+    /// How many resource names the proxy subscribed to (0 for
+    /// state-of-the-world wildcards).
     pub subscribed_names: usize,
     pub last_sent_version: Option<String>,
     pub last_acked_version: Option<String>,
@@ -66,6 +70,24 @@ pub(super) struct View {
 }
 
 impl View {
+    /// A new stream's view: nothing subscribed yet.
+    pub(super) fn new(id: u64, proxy: &ProxyInfo, state: SharedState, incremental: bool) -> Self {
+        View {
+            status: ProxySyncStatus {
+                connection: id,
+                proxy_id: proxy.id.clone(),
+                role: proxy.role,
+                cluster: proxy.cluster.clone(),
+                connected_since: SystemTime::now(),
+                incremental,
+                types: BTreeMap::new(),
+            },
+            proxy: proxy.clone(),
+            state,
+            sent: BTreeMap::new(),
+        }
+    }
+
     /// The resources of every sent type, regenerated.
     fn dump(&self) -> BTreeMap<String, Vec<XdsResource>> {
         self.sent

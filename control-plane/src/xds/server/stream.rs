@@ -1,21 +1,54 @@
 //! One ADS stream in one task: the handshake (the node), then requests and
 //! pushes, strictly in turn, until the proxy leaves, breaks the protocol, or
-//! the server shuts down.
+//! the server shuts down. The same loop serves both protocols
+//! ([`Protocol`]: state of the world and incremental).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 use tokio::time::{Instant, sleep_until};
 use tonic::Status;
 use tracing::{Instrument, Span, debug, field, warn};
 
 use super::Inner;
-use super::connection::Connection;
 use super::debounce::Update;
+use super::first_sync::FirstSync;
 use super::grpc::Requests;
 pub(super) use super::grpc::ResponseTx;
-use super::wire::Request;
+use super::wire::{Incoming, Outgoing};
 use crate::xds::ProxyInfo;
+
+/// The protocol state of one stream, as the stream's loop drives it.
+pub(super) trait Protocol: Sized + Send + 'static {
+    type Request: Incoming;
+    type Response: Outgoing;
+
+    /// The node a request carries (the first one must).
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// A proxy on a new stream (registered in the status view while it lives).
+    fn new(
+        inner: Arc<Inner>,
+        proxy: ProxyInfo,
+        tx: ResponseTx<Self::Response>,
+        current: Arc<Update>,
+    ) -> Self;
+
+    fn first_sync(&mut self) -> &mut FirstSync;
+
+    /// Whether the proxy has finished its first sync (see [`FirstSync`]).
+    fn synced(&self) -> bool;
+
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<(), End>> + Send;
+
+    /// Sends what changed for this proxy in `update`.
+    fn push(&mut self, update: Arc<Update>) -> impl Future<Output = Result<(), End>> + Send;
+}
 
 /// The status ending every stream on shutdown.
 pub(super) fn shutting_down() -> Status {
@@ -34,10 +67,10 @@ pub(super) enum End {
 
 /// Serves one stream until the proxy leaves, breaks the protocol, or the
 /// server shuts down.
-pub(super) async fn run(
+pub(super) async fn run<P: Protocol>(
     inner: Arc<Inner>,
-    requests: Requests,
-    tx: ResponseTx,
+    requests: Requests<P::Request>,
+    tx: ResponseTx<P::Response>,
     peer: Option<SocketAddr>,
 ) {
     let span = tracing::info_span!(
@@ -48,7 +81,7 @@ pub(super) async fn run(
         cluster = field::Empty,
     );
     async move {
-        let end = match serve(inner, requests, tx.clone()).await {
+        let end = match serve::<P>(inner, requests, tx.clone()).await {
             Ok(()) | Err(End::Gone) => return debug!("stream closed by the proxy"),
             Err(End::Shutdown) => shutting_down(),
             Err(End::Reject(status)) => {
@@ -63,7 +96,11 @@ pub(super) async fn run(
     .await;
 }
 
-async fn serve(inner: Arc<Inner>, mut requests: Requests, tx: ResponseTx) -> Result<(), End> {
+async fn serve<P: Protocol>(
+    inner: Arc<Inner>,
+    mut requests: Requests<P::Request>,
+    tx: ResponseTx<P::Response>,
+) -> Result<(), End> {
     let close = inner.close.clone();
     let first = tokio::select! {
         () = close.cancelled() => return Err(End::Shutdown),
@@ -72,7 +109,7 @@ async fn serve(inner: Arc<Inner>, mut requests: Requests, tx: ResponseTx) -> Res
     let Some(first) = first else {
         return Ok(());
     };
-    let proxy = identify(&first)?;
+    let proxy = identify::<P>(&first)?;
     let span = Span::current();
     span.record("proxy", proxy.id.as_str());
     span.record("role", field::display(proxy.role));
@@ -81,15 +118,16 @@ async fn serve(inner: Arc<Inner>, mut requests: Requests, tx: ResponseTx) -> Res
     let mut updates = inner.updates.clone();
     updates.mark_unchanged();
     let current = Update::initial(inner.source.borrow().clone());
-    let mut conn = Connection::new(inner, proxy, tx, current);
+    let mut conn = P::new(inner.clone(), proxy, tx, current);
     conn.on_request(first).await?;
     let mut updates_open = true;
     loop {
-        let sync_deadline = conn.sync_deadline();
+        let sync_deadline = conn.first_sync().deadline();
         tokio::select! {
             () = close.cancelled() => return Err(End::Shutdown),
             () = sleep_until(sync_deadline.unwrap_or_else(Instant::now)), if sync_deadline.is_some() => {
-                conn.end_first_sync();
+                let synced = conn.synced();
+                conn.first_sync().end(&inner, synced);
             }
             msg = requests.message() => match msg? {
                 Some(request) => conn.on_request(request).await?,
@@ -108,11 +146,12 @@ async fn serve(inner: Arc<Inner>, mut requests: Requests, tx: ResponseTx) -> Res
 }
 
 /// Who is on the stream, from the first request's node.
-fn identify(request: &Request) -> Result<ProxyInfo, End> {
-    let node = request.node.as_ref().ok_or_else(|| {
-        End::Reject(Status::invalid_argument(
-            "the first DiscoveryRequest on a stream must carry a node",
-        ))
+fn identify<P: Protocol>(request: &P::Request) -> Result<ProxyInfo, End> {
+    let node = P::node(request).ok_or_else(|| {
+        End::Reject(Status::invalid_argument(format!(
+            "the first {} on a stream must carry a node",
+            <P::Request as Incoming>::NAME
+        )))
     })?;
     ProxyInfo::from_node(node)
         .map_err(|e| End::Reject(Status::invalid_argument(format!("invalid node: {e}"))))

@@ -104,6 +104,23 @@ impl RequestNames {
     }
 }
 
+/// A request message as a stream reads it off the wire.
+pub(super) trait Incoming: Sized + Send + 'static {
+    /// The message's name, for errors.
+    const NAME: &'static str;
+
+    /// Decodes one message (the whole of `buf`).
+    fn decode_from(buf: impl Buf) -> Result<Self, DecodeError>;
+}
+
+impl Incoming for Request {
+    const NAME: &'static str = "DiscoveryRequest";
+
+    fn decode_from(buf: impl Buf) -> Result<Self, DecodeError> {
+        Request::decode(buf)
+    }
+}
+
 impl Request {
     /// Decodes one `DiscoveryRequest` (the whole of `buf`). The names are
     /// not copied when `buf` is one piece (`Buf::copy_to_bytes`).
@@ -189,12 +206,12 @@ const CONTROL_PLANE: u32 = 6;
 const IDENTIFIER: u32 = 1;
 
 /// Length of a length-delimited field with a `len`-byte body.
-fn delimited_len(tag: u32, len: usize) -> usize {
+pub(super) fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 /// Length of a proto3 string field (omitted when empty).
-fn string_len(tag: u32, value: &str) -> usize {
+pub(super) fn string_len(tag: u32, value: &str) -> usize {
     if value.is_empty() {
         0
     } else {
@@ -202,47 +219,49 @@ fn string_len(tag: u32, value: &str) -> usize {
     }
 }
 
-fn put_delimited_head(tag: u32, len: usize, buf: &mut impl BufMut) {
+pub(super) fn put_delimited_head(tag: u32, len: usize, buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(len as u64, buf);
 }
 
-fn put_string(tag: u32, value: &str, buf: &mut impl BufMut) {
+pub(super) fn put_string(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
         put_delimited_head(tag, value.len(), buf);
         buf.put_slice(value.as_bytes());
     }
 }
 
-impl Response {
-    /// Length of the encoded `DiscoveryResponse`.
-    pub(super) fn encoded_len(&self) -> usize {
-        string_len(VERSION_INFO, &self.version_info)
+/// A response message made of a head, shared encoded resources (each after
+/// a small prefix of its own) and a tail, written by [`Chunks`]. The
+/// resources' bytes end each resource's field, so they can go out uncopied.
+pub(super) trait Outgoing: Send + 'static {
+    /// Length of the fields before the resources.
+    fn head_len(&self) -> usize;
+    fn put_head(&self, buf: &mut BytesMut);
+    fn resources(&self) -> &[Arc<SharedResource>];
+    /// Length of what precedes resource `r`'s encoded bytes.
+    fn prefix_len(&self, r: &SharedResource) -> usize;
+    fn put_prefix(&self, r: &SharedResource, buf: &mut BytesMut);
+    /// Length of the fields after the resources.
+    fn tail_len(&self) -> usize;
+    fn put_tail(&self, buf: &mut BytesMut);
+
+    /// Length of the encoded message.
+    fn encoded_len(&self) -> usize {
+        self.head_len()
             + self
-                .resources
+                .resources()
                 .iter()
-                .map(|r| delimited_len(RESOURCES, r.encoded.len()))
+                .map(|r| self.prefix_len(r) + r.encoded.len())
                 .sum::<usize>()
             + self.tail_len()
     }
+}
 
+impl Response {
     /// The `ControlPlane` message's body length.
     fn control_plane_len(&self) -> usize {
         string_len(IDENTIFIER, self.control_plane)
-    }
-
-    /// Length of the fields after the resources.
-    fn tail_len(&self) -> usize {
-        string_len(TYPE_URL, &self.type_url)
-            + string_len(NONCE, &self.nonce)
-            + delimited_len(CONTROL_PLANE, self.control_plane_len())
-    }
-
-    fn put_tail(&self, buf: &mut impl BufMut) {
-        put_string(TYPE_URL, &self.type_url, buf);
-        put_string(NONCE, &self.nonce, buf);
-        put_delimited_head(CONTROL_PLANE, self.control_plane_len(), buf);
-        put_string(IDENTIFIER, self.control_plane, buf);
     }
 
     /// As prost would encode the equivalent `DiscoveryResponse` (tests, and
@@ -264,10 +283,47 @@ impl Response {
     }
 }
 
-/// The gRPC message of one [`Response`] in pieces.
+impl Outgoing for Response {
+    fn head_len(&self) -> usize {
+        string_len(VERSION_INFO, &self.version_info)
+    }
+
+    fn put_head(&self, buf: &mut BytesMut) {
+        put_string(VERSION_INFO, &self.version_info, buf);
+    }
+
+    fn resources(&self) -> &[Arc<SharedResource>] {
+        &self.resources
+    }
+
+    fn prefix_len(&self, r: &SharedResource) -> usize {
+        delimited_len(RESOURCES, r.encoded.len()) - r.encoded.len()
+    }
+
+    fn put_prefix(&self, r: &SharedResource, buf: &mut BytesMut) {
+        put_delimited_head(RESOURCES, r.encoded.len(), buf);
+    }
+
+    fn tail_len(&self) -> usize {
+        string_len(TYPE_URL, &self.type_url)
+            + string_len(NONCE, &self.nonce)
+            + delimited_len(CONTROL_PLANE, self.control_plane_len())
+    }
+
+    fn put_tail(&self, buf: &mut BytesMut) {
+        put_string(TYPE_URL, &self.type_url, buf);
+        put_string(NONCE, &self.nonce, buf);
+        put_delimited_head(CONTROL_PLANE, self.control_plane_len(), buf);
+        put_string(IDENTIFIER, self.control_plane, buf);
+    }
+}
+
+/// The gRPC message of one response in pieces.
 #[derive(Debug)]
-pub(super) struct Chunks {
-    response: Response,
+pub(super) struct Chunks<M> {
+    response: M,
+    /// Length of the encoded message.
+    len: usize,
     /// Next resource to write.
     next: usize,
     /// A large resource's bytes, due after the piece holding its prefix.
@@ -278,15 +334,16 @@ pub(super) struct Chunks {
     finished: bool,
 }
 
-impl Chunks {
+impl<M: Outgoing> Chunks<M> {
     /// Fails if the message is larger than gRPC's 4 GiB length prefix allows.
-    pub(super) fn new(response: Response) -> Result<Self, usize> {
+    pub(super) fn new(response: M) -> Result<Self, usize> {
         let len = response.encoded_len();
         if u32::try_from(len).is_err() {
             return Err(len);
         }
         Ok(Self {
             response,
+            len,
             next: 0,
             held: None,
             remaining: GRPC_HEADER + len,
@@ -296,15 +353,14 @@ impl Chunks {
     }
 
     fn head(&self, buf: &mut BytesMut) {
-        let len = self.response.encoded_len();
         buf.put_u8(0); // not compressed
         // Checked in `new`.
-        buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-        put_string(VERSION_INFO, &self.response.version_info, buf);
+        buf.put_u32(u32::try_from(self.len).unwrap_or(u32::MAX));
+        self.response.put_head(buf);
     }
 }
 
-impl Iterator for Chunks {
+impl<M: Outgoing> Iterator for Chunks<M> {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
@@ -321,7 +377,7 @@ impl Iterator for Chunks {
     }
 }
 
-impl Chunks {
+impl<M: Outgoing> Chunks<M> {
     /// The next piece written into a fresh buffer.
     fn piece(&mut self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.remaining.min(CHUNK));
@@ -329,13 +385,13 @@ impl Chunks {
             self.started = true;
             self.head(&mut buf);
         }
-        while let Some(resource) = self.response.resources.get(self.next) {
+        while let Some(resource) = self.response.resources().get(self.next) {
             let body = &resource.encoded;
-            let len = delimited_len(RESOURCES, body.len());
+            let len = self.response.prefix_len(resource) + body.len();
             if body.len() > CHUNK / 2 {
                 // Large: its prefix ends this piece, its shared bytes are the next.
                 self.next += 1;
-                put_delimited_head(RESOURCES, body.len(), &mut buf);
+                self.response.put_prefix(resource, &mut buf);
                 self.held = Some(body.clone());
                 return buf.freeze();
             }
@@ -343,7 +399,7 @@ impl Chunks {
                 return buf.freeze();
             }
             self.next += 1;
-            put_delimited_head(RESOURCES, body.len(), &mut buf);
+            self.response.put_prefix(resource, &mut buf);
             buf.put_slice(body);
         }
         if !buf.is_empty() && buf.len() + self.response.tail_len() > CHUNK {
@@ -357,7 +413,7 @@ impl Chunks {
 
 /// The whole gRPC message of `response` (prefix included), in one buffer.
 #[cfg(test)]
-pub(super) fn encode(response: &Response) -> Vec<u8> {
+pub(super) fn encode<M: Outgoing + Clone>(response: &M) -> Vec<u8> {
     let chunks = Chunks::new(response.clone()).expect("below 4 GiB");
     let mut out = Vec::new();
     for chunk in chunks {

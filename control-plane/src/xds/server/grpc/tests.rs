@@ -277,19 +277,29 @@ async fn names_that_are_not_utf8_end_the_stream_with_invalid_argument() {
 }
 
 #[tokio::test]
-async fn delta_xds_is_unimplemented() {
+async fn delta_stream_without_node_is_refused() {
     let server = start(1).await;
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.addr))
         .await
         .expect("connect");
-    let requests = tokio_stream::iter([DeltaDiscoveryRequest::default()]);
-    let status = timeout(WAIT, client.delta_aggregated_resources(requests))
+    let requests = tokio_stream::iter([DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        ..DeltaDiscoveryRequest::default()
+    }]);
+    let mut responses = timeout(WAIT, client.delta_aggregated_resources(requests))
         .await
         .expect("in time")
-        .expect_err("unimplemented");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect("the stream opens")
+        .into_inner();
+    let status = timeout(WAIT, responses.message())
+        .await
+        .expect("in time")
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().contains("state-of-the-world"),
+        status
+            .message()
+            .contains("first DeltaDiscoveryRequest on a stream must carry a node"),
         "{}",
         status.message()
     );
@@ -310,7 +320,8 @@ fn requests_split_anywhere_decode_with_names_in_place() {
     // Two messages back to back, cut into frames of several sizes.
     let twice = [framed.clone(), framed].concat();
     for size in [1, 2, 5, 7, 64, 1000, twice.len()] {
-        let mut requests = super::Requests::new(tonic::body::Body::empty());
+        let mut requests =
+            super::Requests::<super::super::wire::Request>::new(tonic::body::Body::empty());
         let mut decoded = Vec::new();
         for frame in twice.chunks(size) {
             requests.buffered.push(bytes::Bytes::copy_from_slice(frame));

@@ -7,7 +7,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 
-use super::{CHUNK, Chunks, GRPC_HEADER, Request, Response, encode};
+use super::{CHUNK, Chunks, GRPC_HEADER, Outgoing, Request, Response, encode};
 use crate::xds::{CLUSTER, SharedResource, XdsResource};
 
 fn resource(name: &str, size: usize) -> Arc<SharedResource> {
