@@ -6,19 +6,25 @@
 # debounce); pass e.g. XDS_BENCH_ARGS="--endpoint-debounce-ms 100 --push-throttle 50"
 # to try others.
 #
+# Each case runs once per protocol in PROTOCOLS, back to back: state-of-the-world
+# ADS ("sotw") and incremental ADS ("delta": the sidecars speak
+# DeltaAggregatedResources, `xds_bench --delta`).
+#
 # Usage: scripts/bench-control-plane.sh [results.jsonl]
-#   QUICK=1            only the 100- and 1k-service cases (about 4 minutes)
+#   QUICK=1            only the 100- and 1k-service cases (about 8 minutes)
+#   PROTOCOLS="sotw delta"  which variants to run (default both)
 #   MAX_RSS_MIB=8192   stop a control plane whose RSS passes this (default 8 GiB)
 #
 # Prints the machine, one table per run, and a Markdown summary (the table
 # in docs/benchmarks/control-plane.md). Raw JSON lines go to the results file
 # (default target/bench/control-plane.jsonl, overwritten).
-# Not part of CI: it takes about 8 minutes on a 2-core machine.
+# Not part of CI: it takes about 16 minutes on a 2-core machine (both protocols).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=${1:-target/bench/control-plane.jsonl}
 max_rss=${MAX_RSS_MIB:-8192}
+protocols=${PROTOCOLS:-sotw delta}
 mkdir -p "$(dirname "$out")"
 : >"$out"
 
@@ -41,11 +47,22 @@ echo "== build"
 cargo build --release --locked -p isthmus-control-plane --example xds_bench
 bench=target/release/examples/xds_bench
 
-run() {
+run_one() {
   echo "== $*"
   # shellcheck disable=SC2086 # extra flags split on purpose
   "$bench" --json-out "$out" --max-server-rss-mib "$max_rss" ${XDS_BENCH_ARGS:-} "$@" ||
     echo "== that case failed (exit $?); going on"
+}
+
+# One case with each protocol, back to back (same load).
+run() {
+  for p in $protocols; do
+    case $p in
+      sotw) run_one "$@" ;;
+      delta) run_one --delta "$@" ;;
+      *) echo "unknown protocol $p in PROTOCOLS (sotw, delta)" >&2; exit 2 ;;
+    esac
+  done
 }
 
 # services clients changes(debounce 100) changes(debounce 0)

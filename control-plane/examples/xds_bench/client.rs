@@ -1,13 +1,16 @@
 //! One simulated sidecar: a real tonic ADS stream that subscribes and ACKs
 //! like Envoy (CDS wildcard → EDS for the EDS clusters received → LDS
 //! wildcard → RDS for the route names the listeners reference), and reports
-//! every ACK to the driver.
+//! every ACK to the driver. State of the world here; incremental in
+//! [`delta`] (`--delta`).
 //!
 //! Clients share the machine with the control plane, so they do as little
 //! as they can: responses are decoded by a lite message that keeps each
 //! resource as a zero-copy slice, and only CDS (names and types) and LDS
 //! (route names) are looked into. ACKs carry the full subscribed names, as
 //! state-of-the-world requires.
+
+mod delta;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -125,10 +128,12 @@ pub async fn run(
     node: Node,
     channel: Channel,
     events: mpsc::UnboundedSender<Event>,
+    incremental: bool,
 ) {
     let mut failures = 0;
     loop {
-        let error = match stream(client, node.clone(), channel.clone(), &events).await {
+        let error = match stream(client, node.clone(), channel.clone(), &events, incremental).await
+        {
             Ok(()) => return,
             Err(Failure { error, synced }) => {
                 // A stream that got somewhere resets the backoff.
@@ -164,11 +169,15 @@ async fn stream(
     node: Node,
     channel: Channel,
     events: &mpsc::UnboundedSender<Event>,
+    incremental: bool,
 ) -> Result<(), Failure> {
     let mut synced = false;
-    sync_and_follow(client, node, channel, events, &mut synced)
-        .await
-        .map_err(|error| Failure { error, synced })
+    let result = if incremental {
+        delta::sync_and_follow(client, node, channel, events, &mut synced).await
+    } else {
+        sync_and_follow(client, node, channel, events, &mut synced).await
+    };
+    result.map_err(|error| Failure { error, synced })
 }
 
 /// One stream: subscribe, then ACK every response until it fails.
@@ -290,42 +299,56 @@ fn state_version(version_info: &str) -> u64 {
 fn eds_names(resources: &[Bytes]) -> Result<Vec<Bytes>, String> {
     let mut names = Vec::new();
     for any in resources {
-        let value = AnyValue::decode(any.clone()).map_err(|e| format!("CDS Any: {e}"))?;
-        let c = ClusterHead::decode(value.value).map_err(|e| format!("CDS Cluster: {e}"))?;
-        if c.discovery_type == DISCOVERY_TYPE_EDS {
-            let name = match c.eds_cluster_config {
-                Some(eds) if !eds.service_name.is_empty() => eds.service_name,
-                _ => c.name,
-            };
-            names.push(Bytes::from(name));
-        }
+        names.extend(cluster_eds_name(any.clone())?);
     }
     names.sort();
     Ok(names)
+}
+
+/// The EDS service name of a cluster (an encoded `Any`), if it is an EDS
+/// cluster.
+fn cluster_eds_name(any: Bytes) -> Result<Option<Bytes>, String> {
+    let value = AnyValue::decode(any).map_err(|e| format!("CDS Any: {e}"))?;
+    let c = ClusterHead::decode(value.value).map_err(|e| format!("CDS Cluster: {e}"))?;
+    if c.discovery_type != DISCOVERY_TYPE_EDS {
+        return Ok(None);
+    }
+    Ok(Some(Bytes::from(match c.eds_cluster_config {
+        Some(eds) if !eds.service_name.is_empty() => eds.service_name,
+        _ => c.name,
+    })))
 }
 
 /// Sorted RDS names referenced by HTTP connection managers in an LDS response.
 fn route_names(resources: &[Bytes]) -> Result<Vec<Bytes>, String> {
     let mut names = std::collections::BTreeSet::new();
     for any in resources {
-        let value = AnyValue::decode(any.clone()).map_err(|e| format!("LDS Any: {e}"))?;
-        let listener = Listener::decode(value.value).map_err(|e| format!("LDS Listener: {e}"))?;
-        let filters = listener
-            .filter_chains
-            .iter()
-            .chain(listener.default_filter_chain.iter())
-            .flat_map(|c| &c.filters);
-        for f in filters {
-            if let Some(ConfigType::TypedConfig(tc)) = &f.config_type
-                && tc.type_url == HCM_TYPE
-            {
-                let hcm = HttpConnectionManager::decode(tc.value.as_slice())
-                    .map_err(|e| format!("LDS HCM: {e}"))?;
-                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                    names.insert(Bytes::from(rds.route_config_name));
-                }
+        names.extend(listener_routes(any.clone())?);
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// RDS names referenced by the HTTP connection managers of a listener (an
+/// encoded `Any`).
+fn listener_routes(any: Bytes) -> Result<Vec<Bytes>, String> {
+    let value = AnyValue::decode(any).map_err(|e| format!("LDS Any: {e}"))?;
+    let listener = Listener::decode(value.value).map_err(|e| format!("LDS Listener: {e}"))?;
+    let filters = listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.iter())
+        .flat_map(|c| &c.filters);
+    let mut names = Vec::new();
+    for f in filters {
+        if let Some(ConfigType::TypedConfig(tc)) = &f.config_type
+            && tc.type_url == HCM_TYPE
+        {
+            let hcm = HttpConnectionManager::decode(tc.value.as_slice())
+                .map_err(|e| format!("LDS HCM: {e}"))?;
+            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                names.push(Bytes::from(rds.route_config_name));
             }
         }
     }
-    Ok(names.into_iter().collect())
+    Ok(names)
 }

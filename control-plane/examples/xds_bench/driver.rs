@@ -140,6 +140,7 @@ async fn full_push(
             node,
             channels[c / per].clone(),
             events_tx.clone(),
+            args.delta,
         ));
     }
     drop(events_tx);

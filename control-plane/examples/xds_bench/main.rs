@@ -9,8 +9,8 @@
 //! The driver (default role) starts the control plane — the real
 //! `isthmus_config::Store`, controller and `AdsServer` — as a child process
 //! of this binary (`--role server`), connects `--clients` simulated sidecars
-//! (real tonic ADS streams, one HTTP/2 connection each by default), and
-//! measures:
+//! (real tonic ADS streams, one HTTP/2 connection each by default; state of
+//! the world, or incremental with `--delta`), and measures:
 //! - full push: from the moment every sidecar starts connecting until each
 //!   has received and ACKed CDS, EDS, LDS and RDS;
 //! - change latency: from one endpoint change written to the store until
@@ -58,6 +58,10 @@ pub struct Args {
     /// Simulated sidecars (at most 5 × services: each is one endpoint).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
+    /// Sidecars speak incremental xDS (`DeltaAggregatedResources`)
+    /// instead of state of the world.
+    #[arg(long)]
+    pub delta: bool,
     /// ADS streams multiplexed on one HTTP/2 connection.
     #[arg(long, default_value_t = 1)]
     pub clients_per_connection: usize,

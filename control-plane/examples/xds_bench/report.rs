@@ -31,6 +31,8 @@ pub struct ChangeResult {
 pub struct Report {
     services: usize,
     clients: usize,
+    /// `delta` or `sotw`.
+    protocol: &'static str,
     debounce_ms: u64,
     clients_per_connection: usize,
     /// The control plane's `ready` line (generation, load and build times).
@@ -65,6 +67,7 @@ impl Report {
         Self {
             services: args.services,
             clients: args.clients,
+            protocol: if args.delta { "delta" } else { "sotw" },
             debounce_ms: args.debounce_ms,
             clients_per_connection: args.clients_per_connection,
             startup: Value::Null,
@@ -119,6 +122,7 @@ impl Report {
             .collect();
         json!({
             "services": self.services,
+            "protocol": self.protocol,
             "endpoints_per_service": crate::mesh::ENDPOINTS,
             "clients": self.clients,
             "clients_per_connection": self.clients_per_connection,
@@ -184,11 +188,16 @@ impl Report {
         let ch = &j["change"];
         let rss = &j["rss_mib"];
         let mut out = format!(
-            "services {} × {} endpoints, {} sidecars ({} per connection), debounce {} ms (load average at start {})\n",
+            "services {} × {} endpoints, {} sidecars ({} per connection, {}), debounce {} ms (load average at start {})\n",
             self.services,
             crate::mesh::ENDPOINTS,
             self.clients,
             self.clients_per_connection,
+            if self.protocol == "delta" {
+                "incremental xDS"
+            } else {
+                "state-of-the-world xDS"
+            },
             self.debounce_ms,
             self.load_at_start,
         );
@@ -287,7 +296,7 @@ pub fn markdown(runs: &[Value]) -> String {
         None => "—".into(),
     };
     let mut out = String::from(
-        "| services | sidecars | debounce ms | full push: all synced ms | change: all ACKed p50 / p99 ms | change: per-proxy p50 / p99 ms | server CPU ms / change | generation ms / proxy (CDS+EDS+LDS+RDS) | RSS synced / peak MiB | KiB / proxy | notes |\n|---:|---:|---:|---:|---|---|---:|---:|---|---:|---|\n",
+        "| protocol | services | sidecars | debounce ms | full push: all synced ms | change: all ACKed p50 / p99 ms | change: per-proxy p50 / p99 ms | server CPU ms / change | generation ms / proxy (CDS+EDS+LDS+RDS) | RSS synced / peak MiB | KiB / proxy | notes |\n|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|---|\n",
     );
     for r in runs {
         let fp = &r["full_push"];
@@ -332,7 +341,8 @@ pub fn markdown(runs: &[Value]) -> String {
             notes.push(format!("{} sidecars gave up", fp["failed"]));
         }
         out += &format!(
-            "| {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} | {} |\n",
+            r["protocol"].as_str().unwrap_or("sotw"),
             r["services"],
             r["clients"],
             r["debounce_ms"],

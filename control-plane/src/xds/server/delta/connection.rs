@@ -201,7 +201,9 @@ impl Connection {
                     .get_or_insert_with(|| (*state.names.set).clone())
                     .insert(name.clone());
             }
-            subscribed.push(name.clone());
+            if !first {
+                subscribed.push(name.clone());
+            }
         }
         for name in &request.resource_names_unsubscribe {
             if name == WILDCARD {
@@ -293,12 +295,13 @@ impl Connection {
         let state = self.types.get(type_url)?;
         let subscription = state.names.set.clone();
         let wildcard = state.wildcard;
+        let everything = BTreeSet::new();
         let ask = match names {
-            _ if is_wildcard_type(type_url) => BTreeSet::new(),
-            Some(names) => names.clone(),
-            None => (*subscription).clone(),
+            _ if is_wildcard_type(type_url) => &everything,
+            Some(names) => names,
+            None => &*subscription,
         };
-        let mut resources = self.generate(type_url, &ask)?;
+        let mut resources = self.generate(type_url, ask)?;
         if is_wildcard_type(type_url) {
             resources.retain(|r| match names {
                 Some(names) => names.contains(&r.name),

@@ -70,23 +70,35 @@ impl Known {
         name: &str,
         now: Option<Arc<SharedResource>>,
     ) -> Option<Arc<SharedResource>> {
-        self.claimed.remove(name);
-        let before = match (self.position(name), now) {
-            (Ok(i), Some(now)) => Some(std::mem::replace(&mut self.sent[i], now)),
-            (Ok(i), None) => Some(self.sent.remove(i)),
+        if !self.claimed.is_empty() {
+            self.claimed.remove(name);
+        }
+        // A first sync appends in name order: one comparison each.
+        let at = match self.sent.last() {
+            None => Err(0),
+            Some(last) if last.name.as_str() < name => Err(self.sent.len()),
+            Some(_) => self.position(name),
+        };
+        match (at, now) {
+            (Ok(i), Some(now)) => {
+                self.digest = self.digest.replace(
+                    std::slice::from_ref(&self.sent[i]),
+                    std::slice::from_ref(&now),
+                );
+                Some(std::mem::replace(&mut self.sent[i], now))
+            }
+            (Ok(i), None) => {
+                let old = self.sent.remove(i);
+                self.digest = self.digest.replace(std::slice::from_ref(&old), &[]);
+                Some(old)
+            }
             (Err(i), Some(now)) => {
+                self.digest = self.digest.replace(&[], std::slice::from_ref(&now));
                 self.sent.insert(i, now);
                 None
             }
             (Err(_), None) => None,
-        };
-        let old = before.as_slice();
-        let new = match self.position(name) {
-            Ok(i) => std::slice::from_ref(&self.sent[i]),
-            Err(_) => &[],
-        };
-        self.digest = self.digest.replace(old, new);
-        before
+        }
     }
 
     /// The proxy says it has `version` of `name` (on reconnect).
@@ -143,10 +155,10 @@ pub(super) fn diff_all(known: &Known, rejected: &Rejected, want: &[Arc<SharedRes
     Delta { upserts, removed }
 }
 
-/// Some names of a subscription: `want` (sorted) holds those of `names`
-/// that exist. A name that does not exist is removed if the proxy holds
-/// it, or always when `announce_absent` (a new subscription must hear that
-/// its resource does not exist).
+/// Some names of a subscription, in order: `want` (sorted) holds those of
+/// `names` that exist. A name that does not exist is removed if the proxy
+/// holds it, or always when `announce_absent` (a new subscription must hear
+/// that its resource does not exist).
 pub(super) fn diff_names<'a>(
     known: &Known,
     rejected: &Rejected,
@@ -159,16 +171,16 @@ pub(super) fn diff_names<'a>(
         .filter(|r| wanted(known, rejected, r))
         .cloned()
         .collect();
-    let mut removed: Vec<String> = names
-        .into_iter()
-        .filter(|n| {
-            want.binary_search_by(|r| r.name.as_str().cmp(n)).is_err()
-                && (announce_absent || known.holds(n))
-        })
-        .cloned()
-        .collect();
-    removed.sort();
-    removed.dedup();
+    // Both in name order: one walk.
+    let mut next = want.iter().peekable();
+    let mut removed: Vec<String> = Vec::new();
+    for name in names {
+        while next.next_if(|r| r.name < *name).is_some() {}
+        let exists = next.peek().is_some_and(|r| r.name == *name);
+        if !exists && (announce_absent || known.holds(name)) && removed.last() != Some(name) {
+            removed.push(name.clone());
+        }
+    }
     Delta { upserts, removed }
 }
 
