@@ -24,6 +24,10 @@
 #                   mTLS hop instead of the default, the app's HTTP/1.1)
 #   PROFILE=1 (perf record both sidecars during the mesh max-throughput run,
 #              into perf-client.data / perf-server.data next to the results)
+#   SIDECAR_BIN=path, LOADGEN_BIN=path (other builds, e.g. a baseline's, with BUILD=0)
+#   BASELINE_BIN=path (A/B in one run: a second sidecar pair of that build, the
+#                      path "mesh-base", measured in the same alternating rounds;
+#                      its service adds one to the config)
 # Installs nginx, wrk and nghttp2-client with apt when missing. Runs about
 # 3 minutes after the release build. Not part of CI.
 set -euo pipefail
@@ -72,7 +76,9 @@ fi
 isthmus=$target/release/isthmus
 sidecar_bin=$target/release/isthmus-sidecar
 [[ -n ${LTO:-} ]] && sidecar_bin=$target/dist/isthmus-sidecar
-loadgen=$target/release/examples/loadgen
+# Another build of the sidecar (e.g. a baseline commit's) with BUILD=0.
+sidecar_bin=${SIDECAR_BIN:-$sidecar_bin}
+loadgen=${LOADGEN_BIN:-$target/release/examples/loadgen}
 echo "sidecar binary: $sidecar_bin ($(du -h "$sidecar_bin" | cut -f1))"
 
 work=$(mktemp -d /tmp/bench-sidecar.XXXXXX)
@@ -171,6 +177,25 @@ kind: WorkloadEntry
 metadata: {name: bench, namespace: sample}
 spec: {address: $net.11, labels: {app: bench}, serviceAccount: bench}
 EOF
+if [[ -n ${BASELINE_BIN:-} ]]; then
+  cat >>"$work/config/bench.yaml" <<EOF
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bench-base, namespace: sample}
+spec:
+  hosts: [base.$host]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8080, name: http}]
+  workloadSelector: {labels: {app: bench-base}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: bench-base, namespace: sample}
+spec: {address: $net.12, labels: {app: bench-base}, serviceAccount: bench}
+EOF
+fi
 if [[ ${MESH_HOP:-} == http2 ]]; then
   cat >>"$work/config/bench.yaml" <<EOF
 ---
@@ -204,8 +229,8 @@ ISTHMUS_LOG=warn "$isthmus" control-plane --cluster bench --config-dir "$work/co
   --listen "$cp_addr" --debug-listen "$net.1:15014" >"$work/cp.log" 2>&1 &
 pids+=($!)
 sidecar() { # name, ip, extra args
-  ISTHMUS_LOG=warn "$sidecar_bin" --concurrency "$concurrency" --control-plane "$cp_addr" --workload "sample/$1" \
-    --cluster bench --ip "$2" --token-file "$work/$1.token" --service-account "$1" \
+  ISTHMUS_LOG=warn "${bin:-$sidecar_bin}" --concurrency "$concurrency" --control-plane "$cp_addr" --workload "sample/$1" \
+    --cluster bench --ip "$2" --token-file "$work/${1%-base}.token" --service-account "${1%-base}" \
     --admin "$2:15000" --outbound "$2:15001" "${@:3}" >"$work/$1.log" 2>&1 &
   pids+=($!)
 }
@@ -213,6 +238,14 @@ sidecar client $net.21 --label app=client
 client_pid=${pids[-1]}
 sidecar bench $net.11 --label app=bench --app-ip $net.111
 server_pid=${pids[-1]}
+paths="direct mesh nginx"
+if [[ -n ${BASELINE_BIN:-} ]]; then
+  bin=$BASELINE_BIN sidecar client-base $net.22 --label app=client
+  client_base_pid=${pids[-1]}
+  bin=$BASELINE_BIN sidecar bench-base $net.12 --label app=bench-base --app-ip $net.111
+  server_base_pid=${pids[-1]}
+  paths="direct mesh mesh-base nginx"
+fi
 
 wait_ok() { # url, what
   for _ in $(seq 1 150); do
@@ -227,6 +260,11 @@ wait_ok "http://$net.21:15000/ready" "client sidecar"
 wait_ok "http://$net.11:15000/ready" "server sidecar"
 wait_ok "http://$net.21:15001/" "mesh path" "$host:8080"
 wait_ok "http://$front/" "nginx path"
+if [[ -n ${BASELINE_BIN:-} ]]; then
+  wait_ok "http://$net.22:15000/ready" "baseline client sidecar"
+  wait_ok "http://$net.12:15000/ready" "baseline server sidecar"
+  wait_ok "http://$net.22:15001/" "baseline mesh path" "base.$host:8080"
+fi
 
 # --- measurement -------------------------------------------------------------
 ticks=$(getconf CLK_TCK)
@@ -257,10 +295,12 @@ nginx_pids() { # name → master and workers
 declare -A url hdr proc
 url[direct]="http://$app/";   hdr[direct]="$app";       proc[direct]=""
 url[mesh]="http://$net.21:15001/"; hdr[mesh]="$host:8080"; proc[mesh]="$client_pid $server_pid"
+url[mesh-base]="http://$net.22:15001/"; hdr[mesh-base]="base.$host:8080"
+proc[mesh-base]="${client_base_pid:-} ${server_base_pid:-}"
 url[nginx]="http://$front/";  hdr[nginx]="$front";      proc[nginx]="$(nginx_pids front) $(nginx_pids back)"
 
 declare -A fixed max cpu rss
-for path in direct mesh nginx; do
+for path in $paths; do
   echo "== $path: fixed $rate rps, $conns connections, ${fixed_secs}s"
   # shellcheck disable=SC2086
   before=$(cpu_of ${proc[$path]})
@@ -273,6 +313,9 @@ for path in direct mesh nginx; do
   echo "${fixed[$path]}"
   # vCPU per 1,000 rps for the whole proxy path (both proxies).
   cpu[$path]=$(per_krps $((after - before)))
+  if [[ $path == mesh-base ]]; then
+    cpu_base=$(per_krps $((after - before)))
+  fi
   if [[ $path == mesh ]]; then
     cpu_client=$(per_krps $(($(cpu_of "$client_pid") - client_before)))
     cpu_server=$(per_krps $(($(cpu_of "$server_pid") - server_before)))
@@ -285,7 +328,7 @@ done
 # on a shared machine hits every path alike; each path's median round counts.
 declare -A rounds
 for round in $(seq 1 "$max_rounds"); do
-  for path in direct mesh nginx; do
+  for path in $paths; do
     echo "== round $round, $path: max throughput (wrk, $conns connections, 2 threads, ${max_secs}s)"
     if [[ -n ${PROFILE:-} && $path == mesh && $round == 1 ]]; then
       # perf profiles of both sidecars during the first max-throughput run.
@@ -301,7 +344,7 @@ for round in $(seq 1 "$max_rounds"); do
     echo "$w" >"$work/wrk-$path-$round.txt"
   done
 done
-for path in direct mesh nginx; do
+for path in $paths; do
   # The median round (by requests/s) gives the row's figures.
   median_round=$(for r in $(seq 1 "$max_rounds"); do
     echo "$(echo "${rounds[$path]}" | cut -d' ' -f"$r") $r"
@@ -313,8 +356,23 @@ mem() { # pid → "RSS x MiB (peak y; private z; PSS w)"
        END {printf "RSS %.1f MiB (peak %.1f, anonymous %.1f", r/1024, h/1024, a/1024}' "/proc/$1/status"
   awk '/^Pss:/ {printf ", PSS %.1f)", $2/1024}' "/proc/$1/smaps_rollup"
 }
+breakdown() { # pid → resident MiB by mapping: the binary, other files, heap, anonymous
+  awk -v bin="$(readlink "/proc/$1/exe")" '
+    /^[0-9a-f]+-[0-9a-f]+ / {
+      kind = "anonymous (arenas, stacks)"
+      if ($6 == bin) kind = "binary"
+      else if ($6 == "[heap]") kind = "brk heap"
+      else if ($6 ~ /^\//) kind = "other files"
+      else if ($6 != "") kind = $6
+    }
+    /^Rss:/ { r[kind] += $2 }
+    END { sep = ""; for (k in r) if (r[k] >= 64) { printf "%s%s %.1f", sep, k, r[k] / 1024; sep = ", " } }
+  ' "/proc/$1/smaps"
+}
 client_mem=$(mem "$client_pid")
 server_mem=$(mem "$server_pid")
+client_maps=$(breakdown "$client_pid")
+server_maps=$(breakdown "$server_pid")
 clusters=$(curl -fsS "http://$net.21:15000/clusters" | grep -o '"outbound|[^"]*": *{' | wc -l)
 
 # --- report ----------------------------------------------------------------------
@@ -326,7 +384,7 @@ wrk_pct() { echo "$1" | awk -v p="$2" '$1 == p {print $2}'; }
 {
   echo "| path | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms | errors | proxy vCPU per 1k rps | max rps (wrk) | wrk p50 / p99 | proxy RSS MiB |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
-  for path in direct mesh nginx; do
+  for path in $paths; do
     f=${fixed[$path]}
     d=${fixed[direct]}
     if [[ $path == direct ]]; then add="—"; else
@@ -340,7 +398,12 @@ wrk_pct() { echo "$1" | awk -v p="$2" '$1 == p {print $2}'; }
   done
   echo
   echo "Max-throughput rounds (requests/s): direct ${rounds[direct]}; mesh ${rounds[mesh]}; nginx ${rounds[nginx]}."
+  if [[ -n ${BASELINE_BIN:-} ]]; then
+    echo "Baseline sidecars ($BASELINE_BIN): max-throughput rounds ${rounds[mesh-base]}; vCPU per 1k rps (pair) $cpu_base;" \
+      "RSS after the runs client $(mem "$client_base_pid"), server $(mem "$server_base_pid")."
+  fi
   echo "Mesh path CPU per 1,000 rps: client sidecar $cpu_client vCPU, server sidecar $cpu_server vCPU."
   echo "Sidecar memory after the runs ($clusters outbound clusters from $services services and the benchmark's):" \
     "client $client_mem; server $server_mem."
+  echo "Resident MiB by mapping: client $client_maps; server $server_maps."
 } | tee "$out"

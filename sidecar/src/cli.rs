@@ -75,7 +75,9 @@ pub struct SidecarArgs {
     #[arg(long)]
     pub access_log: bool,
     /// Worker threads of the data plane (Envoy's `--concurrency`; Istio runs
-    /// 2); 1 runs everything on the main thread.
+    /// 2): each owns the connections it is given and their upstream
+    /// connections. The main thread runs xDS, certificates and the accept
+    /// loops; 0 runs the connections there too.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
 }
@@ -199,25 +201,20 @@ impl SidecarArgs {
             drain_grace: self.drain_grace,
             access_log: self.access_log,
             limits: Limits::default(),
+            workers: self.concurrency,
         })
     }
 
-    /// The runtime: `--concurrency` workers; 1 runs everything on the
-    /// calling thread (no work stealing or wake-ups across threads).
+    /// The main thread's runtime (xDS, certificates, state, accept loops):
+    /// single-threaded; the `--concurrency` workers that serve connections
+    /// are started by [`run_until`] (see [`crate::workers`]).
     ///
     /// # Errors
-    /// If the runtime's threads or I/O driver cannot be created.
+    /// If the runtime's I/O driver cannot be created.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        if self.concurrency <= 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.concurrency)
-                .enable_all()
-                .build()
-        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     }
 }
 

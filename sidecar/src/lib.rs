@@ -24,3 +24,4 @@ pub mod run;
 pub mod server;
 pub mod state;
 pub mod upstream;
+pub mod workers;

@@ -22,7 +22,7 @@ use http::StatusCode;
 use isthmus_proxy_core::admin::{self, AdminServer};
 use isthmus_proxy_core::xds::{NodeInfo, PlaintextConnector, XdsClient, XdsOptions};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::outbound::{self, Proxy};
 use crate::server::Limits;
 use crate::state::{Builder, Snapshot};
+use crate::workers::Workers;
 
 /// Default admin port.
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
@@ -79,6 +80,9 @@ pub struct Options {
     pub access_log: bool,
     /// Downstream limits.
     pub limits: Limits,
+    /// Worker threads that own the connections (Envoy's `--concurrency`);
+    /// 0 runs connections on the runtime that calls [`start`].
+    pub workers: usize,
 }
 
 /// Why the sidecar could not start.
@@ -95,6 +99,8 @@ pub enum RunError {
     ControlPlane(#[source] isthmus_proxy_core::xds::XdsError),
     #[error("starting the admin server: {0}")]
     Admin(#[source] std::io::Error),
+    #[error("starting the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// The drain signal every listener and connection watches.
@@ -113,15 +119,18 @@ pub struct Drain {
     force: CancellationToken,
     /// Connection tasks.
     pub tracker: TaskTracker,
+    /// Where connections run (`None`: on the accepting runtime).
+    workers: Option<Arc<Workers>>,
 }
 
 impl Drain {
-    fn new(token: CancellationToken) -> Self {
+    fn new(token: CancellationToken, workers: Option<Arc<Workers>>) -> Self {
         Self {
             draining: token.clone(),
             token,
             force: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            workers,
         }
     }
 
@@ -133,18 +142,53 @@ impl Drain {
         }
     }
 
-    /// Runs one connection's task until it ends or the grace period is over.
-    pub(crate) fn spawn<F>(&self, connection: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
+    /// Runs `serve` on an accepted connection until it ends or the grace
+    /// period is over: on the next worker (the stream moves to that
+    /// worker's I/O driver), or here when there are no workers.
+    pub(crate) fn spawn_connection<F, Fut>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        serve: &Arc<F>,
+    ) where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let force = self.force.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                () = connection => {}
-                () = force.cancelled() => {}
+        let Some(workers) = &self.workers else {
+            let connection = serve(stream, peer);
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    () = connection => {}
+                    () = force.cancelled() => {}
+                }
+            });
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "accepted connection lost before its worker got it");
+                return;
             }
-        });
+        };
+        let serve = serve.clone();
+        self.tracker.spawn_on(
+            async move {
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "worker could not register a connection");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    () = serve(stream, peer) => {}
+                    () = force.cancelled() => {}
+                }
+            },
+            workers.next(),
+        );
     }
 
     async fn run(self, grace: Duration) {
@@ -238,7 +282,11 @@ pub async fn start_with(
     // The drain is a child of shutdown: POST /drain drains without stopping
     // the xDS client and certificate renewal.
     let drain_token = shutdown.child_token();
-    let drain = Drain::new(drain_token.clone());
+    let workers = match options.workers {
+        0 => None,
+        n => Some(Workers::start(n).map_err(RunError::Workers)?),
+    };
+    let drain = Drain::new(drain_token.clone(), workers);
 
     let certs = CertManager::spawn(options.cert.clone(), shutdown.clone());
     let mut xds_options = XdsOptions::new(options.node.to_node());

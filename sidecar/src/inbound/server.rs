@@ -66,23 +66,36 @@ struct Peer {
     sni: Option<String>,
     /// Its requests' metric labels (response fields filled per request).
     labels: RequestLabels,
+    /// `x-forwarded-client-cert` for its requests (mTLS peers): this
+    /// proxy's identity as the handshake presented it, and the peer's.
+    xfcc: Option<HeaderValue>,
 }
 
 impl Peer {
     fn new(
         proxy: &Proxy,
+        snapshot: &Snapshot,
         (addr, local): (SocketAddr, SocketAddr),
         principal: Option<String>,
         sni: Option<String>,
         protocol: &'static str,
     ) -> Arc<Self> {
         let labels = labels(proxy, principal.as_deref(), protocol);
+        let xfcc = principal.as_ref().and_then(|p| {
+            let own = snapshot
+                .credentials
+                .as_ref()
+                .map(|c| c.cert.identity().to_string())
+                .unwrap_or_default();
+            HeaderValue::from_str(&format!("By={own};URI={p}")).ok()
+        });
         Arc::new(Self {
             addr,
             local,
             principal,
             sni,
             labels,
+            xfcc,
         })
     }
 }
@@ -133,14 +146,28 @@ async fn connection(
             .and_then(|c| isthmus_identity::peer_identity(c).ok())
             .map(|id| id.to_string());
         let sni = conn.server_name().map(str::to_string);
-        let peer = Peer::new(&proxy, (addr, local), principal, sni, cfg.protocol.label());
+        let peer = Peer::new(
+            &proxy,
+            &snapshot,
+            (addr, local),
+            principal,
+            sni,
+            cfg.protocol.label(),
+        );
         dispatch(proxy, snapshot, cfg, tls, peer, limits, draining).await;
     } else {
         if !cfg.plaintext {
             tracing::debug!(%addr, port, "inbound: plaintext refused (STRICT mTLS)");
             return;
         }
-        let peer = Peer::new(&proxy, (addr, local), None, None, cfg.protocol.label());
+        let peer = Peer::new(
+            &proxy,
+            &snapshot,
+            (addr, local),
+            None,
+            None,
+            cfg.protocol.label(),
+        );
         dispatch(proxy, snapshot, cfg, stream, peer, limits, draining).await;
     }
 }
@@ -301,15 +328,8 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // The app learns who called from XFCC, set here only (never trusted from outside).
     parts.headers.remove("x-forwarded-client-cert");
-    if let Some(p) = &peer.principal {
-        let own = snapshot
-            .credentials
-            .as_ref()
-            .map(|c| c.cert.identity().to_string())
-            .unwrap_or_default();
-        if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={p}")) {
-            parts.headers.insert("x-forwarded-client-cert", v);
-        }
+    if let Some(v) = &peer.xfcc {
+        parts.headers.insert("x-forwarded-client-cert", v.clone());
     }
     // Forward the normalized target so the app sees what authorization saw.
     let target = path.request_target();
@@ -350,7 +370,16 @@ async fn forward(
     let req = Request::from_parts(parts, body::boxed(incoming));
     let pool = cluster.pool();
     let sent = match downstream {
-        Some(_) => pool.send_upgrade(addr, req, &cluster.balancer).await,
+        Some(downstream) => {
+            pool.send_upgrade(addr, req, &cluster.balancer)
+                .await
+                .map(|mut resp| {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp));
+                    }
+                    resp.map(body::boxed)
+                })
+        }
         None => pool.send(addr, req, &cluster.balancer).await,
     };
     match sent {
@@ -358,10 +387,6 @@ async fn forward(
             pick.report(Outcome::HttpStatus(resp.status().as_u16()));
             let token = resp.headers().get(http::header::UPGRADE).cloned();
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if let (true, Some(downstream)) = (switched, downstream) {
-                upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp));
-            }
-            let mut resp = resp.map(body::boxed);
             strip_hop_by_hop(resp.headers_mut());
             if let (true, Some(token)) = (switched, token) {
                 upgrade::restore(resp.headers_mut(), token);

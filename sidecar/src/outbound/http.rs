@@ -299,12 +299,11 @@ async fn route(
         .ok()
         .and_then(|a| a.port_u16())
         .unwrap_or(default_port);
-    let route_name = snapshot
-        .http_ports
-        .get(&port)
-        .cloned()
-        .unwrap_or_else(|| port.to_string());
-    let Some(table) = snapshot.routes.get(&route_name) else {
+    let table = match snapshot.http_ports.get(&port) {
+        Some(name) => snapshot.routes.get(name),
+        None => snapshot.routes.get(&port.to_string()),
+    };
+    let Some(table) = table else {
         let (r, f) = local(
             StatusCode::NOT_FOUND,
             Flags::NO_ROUTE,
@@ -754,6 +753,7 @@ async fn forward_attempts(
     retry: Option<&crate::route::RetryPolicy>,
     pick_ctx: PickContext<'_>,
 ) -> (Response<Body>, Flags, Option<SocketAddr>) {
+    let mut parts = Some(parts);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
     let mut last: Option<(Response<Body>, Flags)> = None;
@@ -806,7 +806,15 @@ async fn forward_attempts(
         };
         let addr = pick.address();
         tried.push(addr);
-        let req = Request::from_parts(clone_parts(&parts), body);
+        // The last attempt (the only one without retries) takes the head;
+        // earlier ones send a copy.
+        let head = if attempt + 1 == max_attempts {
+            parts.take()
+        } else {
+            parts.as_ref().map(clone_parts)
+        };
+        let Some(head) = head else { break };
+        let req = Request::from_parts(head, body);
         let pool = cluster.pool();
         let send = pool.send(addr, req, &cluster.balancer);
         let result = match retry.and_then(|r| r.per_try_timeout) {
@@ -823,7 +831,7 @@ async fn forward_attempts(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok());
                 pick.report(Outcome::HttpStatus(status.as_u16()));
-                let mut resp = resp.map(body::boxed);
+                let mut resp = resp;
                 strip_hop_by_hop(resp.headers_mut());
                 if more && retry.is_some_and(|r| r.retry_status(status, grpc)) {
                     last = Some((resp, Flags::RETRY_LIMIT));

@@ -76,9 +76,10 @@ impl Proxy {
 /// Accepts on `listener` until the drain starts, handing each connection to `serve`.
 pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, drain: Drain, serve: F)
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     loop {
         let accepted = tokio::select! {
             () = drain.token.cancelled() => return,
@@ -87,7 +88,7 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                drain.spawn(serve(stream, peer));
+                drain.spawn_connection(stream, peer, &serve);
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

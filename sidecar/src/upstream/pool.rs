@@ -3,8 +3,10 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::HOST;
@@ -127,13 +129,22 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Idle HTTP/1.1 senders per endpoint, with the requests each has carried.
-type IdleH1 = Arc<Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Body>, u32)>>>>;
+/// Where a pool keeps a connection: the worker whose runtime runs the
+/// connection's task ([`crate::workers::current`]) and the endpoint. A
+/// request takes connections of its own worker first, so it and the
+/// connection's task wake each other on one thread.
+type Key = (usize, SocketAddr);
 
-/// Connections of one cluster, by endpoint.
+/// An idle HTTP/1.1 sender and the requests it has carried.
+type IdleSender = (http1::SendRequest<Body>, u32);
+
+/// Idle HTTP/1.1 senders per worker and endpoint.
+type IdleH1 = Arc<Mutex<HashMap<Key, Vec<IdleSender>>>>;
+
+/// Connections of one cluster, by worker and endpoint.
 pub struct Pool {
     settings: PoolSettings,
-    h2: Mutex<HashMap<SocketAddr, Vec<H2>>>,
+    h2: Mutex<HashMap<Key, Vec<H2>>>,
     h1: IdleH1,
 }
 
@@ -179,10 +190,11 @@ impl Pool {
         addr: SocketAddr,
         req: Request<Body>,
         balancer: &Balancer,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let req = prepare(req, self.settings.http2)?;
         if self.settings.http2 {
-            self.send_h2(addr, req, balancer).await
+            let resp = self.send_h2(addr, req, balancer).await?;
+            Ok(resp.map(crate::body::boxed))
         } else {
             self.send_h1(addr, req, balancer).await
         }
@@ -196,7 +208,13 @@ impl Pool {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let shared = match self.pick_h2(addr) {
             Some(s) => s,
-            None => self.handshake_h2(addr, balancer).await?,
+            None => match self.handshake_h2(addr, balancer).await {
+                Ok(s) => s,
+                // The cluster's connection limit is reached: share another
+                // worker's connection rather than fail.
+                Err(UpstreamError::Overflow) => self.any_h2(addr).ok_or(UpstreamError::Overflow)?,
+                Err(e) => return Err(e),
+            },
         };
         let uses = shared.uses.fetch_add(1, Ordering::Relaxed) + 1;
         if self
@@ -206,7 +224,7 @@ impl Pool {
         {
             // Last request on this connection: new requests open another.
             let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(list) = map.get_mut(&addr) {
+            for list in map.values_mut() {
                 list.retain(|s| !Arc::ptr_eq(s, &shared));
             }
         }
@@ -222,13 +240,24 @@ impl Pool {
     /// and another may be opened (`None`: open one).
     fn pick_h2(&self, addr: SocketAddr) -> Option<H2> {
         let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = map.get_mut(&addr)?;
+        let list = map.get_mut(&(crate::workers::current(), addr))?;
         list.retain(|s| !s.sender.is_closed());
         let best = list
             .iter()
             .min_by_key(|s| s.in_flight.load(Ordering::Relaxed))?;
         let busy = best.in_flight.load(Ordering::Relaxed) >= H2_BUSY_STREAMS;
         (!busy || list.len() >= H2_MAX_CONNECTIONS).then(|| best.clone())
+    }
+
+    /// The least busy open HTTP/2 connection to `addr` of any worker.
+    fn any_h2(&self, addr: SocketAddr) -> Option<H2> {
+        let map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .filter(|((_, a), _)| *a == addr)
+            .flat_map(|(_, list)| list.iter())
+            .filter(|s| !s.sender.is_closed())
+            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed))
+            .cloned()
     }
 
     async fn handshake_h2(
@@ -255,7 +284,7 @@ impl Pool {
             in_flight: AtomicUsize::new(0),
         });
         let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = map.entry(addr).or_default();
+        let list = map.entry((crate::workers::current(), addr)).or_default();
         if list.len() < H2_MAX_CONNECTIONS {
             list.push(shared.clone());
         }
@@ -267,63 +296,72 @@ impl Pool {
         addr: SocketAddr,
         req: Request<Body>,
         balancer: &Balancer,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let (mut sender, mut uses) = match self.idle_h1(addr) {
+    ) -> Result<Response<Body>, UpstreamError> {
+        let here = crate::workers::current();
+        let mut conn = match self.idle_h1(addr, false) {
             Some(s) => s,
             None => match balancer.try_connection() {
-                Some(permit) => (self.handshake_h1(addr, permit).await?, 0),
+                Some(permit) => (self.handshake_h1(addr, permit).await?, 0, here),
                 None => self.wait_h1(addr, balancer).await?,
             },
         };
-        let result = match sender.try_send_request(req).await {
+        // A pooled connection is ready (the previous response ended) or
+        // about to be (its task has yet to see that end); one that closed
+        // meanwhile sends nothing and is replaced below.
+        let _ = conn.0.ready().await;
+        let result = match conn.0.try_send_request(req).await {
             Ok(resp) => Ok(resp),
             // An idle connection the upstream closed while it sat in the pool
             // (a restarting sidecar or app): the request was never written,
             // so it goes out once more on a new connection.
-            Err(mut e) if uses > 0 && e.message().is_some() => {
+            Err(mut e) if conn.1 > 0 && e.message().is_some() => {
                 let req = e.take_message().expect("checked above");
-                (sender, uses) = match balancer.try_connection() {
-                    Some(permit) => (self.handshake_h1(addr, permit).await?, 0),
+                conn = match balancer.try_connection() {
+                    Some(permit) => (self.handshake_h1(addr, permit).await?, 0, here),
                     None => self.wait_h1(addr, balancer).await?,
                 };
-                sender.send_request(req).await
+                conn.0.send_request(req).await
             }
             Err(e) => Err(e.into_error()),
         };
+        let resp = result.map_err(|source| UpstreamError::Request { addr, source })?;
+        let (sender, uses, home) = conn;
         let uses = uses + 1;
-        if result.is_ok()
-            && self
-                .settings
-                .max_requests_per_connection
-                .is_none_or(|max| uses < max)
-        {
-            // Back to the pool once the response body is done.
-            let pool = Arc::downgrade(&self.h1);
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok()
-                    && let Some(pool) = pool.upgrade()
-                {
-                    let mut map = pool.lock().unwrap_or_else(PoisonError::into_inner);
-                    let list = map.entry(addr).or_default();
-                    if list.len() < MAX_IDLE_H1 {
-                        list.push((sender, uses));
-                    }
-                }
-            });
-        }
-        result.map_err(|source| UpstreamError::Request { addr, source })
+        let reuse = self
+            .settings
+            .max_requests_per_connection
+            .is_none_or(|max| uses < max);
+        // Back to the pool when the response body ends, under the worker
+        // running the connection (this one, unless the sender was another
+        // worker's, taken at the connection limit).
+        let back = reuse.then(|| GiveBack {
+            pool: Arc::downgrade(&self.h1),
+            key: (home, addr),
+            sender,
+            uses,
+        });
+        Ok(resp.map(|body| crate::body::boxed(PooledBody { body, back })))
     }
 
-    /// An idle HTTP/1.1 connection to `addr`, with the requests it carried.
-    fn idle_h1(&self, addr: SocketAddr) -> Option<(http1::SendRequest<Body>, u32)> {
+    /// An idle HTTP/1.1 connection to `addr` of this worker (or, when
+    /// `any`, of another worker if this one has none): the sender, the
+    /// requests it carried and the worker running it.
+    fn idle_h1(
+        &self,
+        addr: SocketAddr,
+        any: bool,
+    ) -> Option<(http1::SendRequest<Body>, u32, usize)> {
         let mut map = self.h1.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = map.get_mut(&addr)?;
-        while let Some((s, uses)) = list.pop() {
-            if s.is_ready() {
-                return Some((s, uses));
-            }
+        let here = crate::workers::current();
+        if let Some((s, uses)) = map.get_mut(&(here, addr)).and_then(pop_ready) {
+            return Some((s, uses, here));
         }
-        None
+        if !any {
+            return None;
+        }
+        map.iter_mut()
+            .filter(|((worker, a), _)| *a == addr && *worker != here)
+            .find_map(|((worker, _), list)| pop_ready(list).map(|(s, uses)| (s, uses, *worker)))
     }
 
     async fn handshake_h1(
@@ -345,21 +383,22 @@ impl Pool {
     }
 
     /// `maxConnections` is reached: wait as a pending request
-    /// (`http1MaxPendingRequests`) for a connection to come back idle or a
-    /// connection slot to free up, at most the connect timeout.
+    /// (`http1MaxPendingRequests`) for a connection of any worker to come
+    /// back idle or a connection slot to free up, at most the connect timeout.
     async fn wait_h1(
         &self,
         addr: SocketAddr,
         balancer: &Balancer,
-    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+    ) -> Result<(http1::SendRequest<Body>, u32, usize), UpstreamError> {
         let _pending = balancer.try_pending().ok_or(UpstreamError::Overflow)?;
         let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
         loop {
-            if let Some(idle) = self.idle_h1(addr) {
+            if let Some(idle) = self.idle_h1(addr, true) {
                 return Ok(idle);
             }
             if let Some(permit) = balancer.try_connection() {
-                return Ok((self.handshake_h1(addr, permit).await?, 0));
+                let sender = self.handshake_h1(addr, permit).await?;
+                return Ok((sender, 0, crate::workers::current()));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(UpstreamError::Overflow);
@@ -415,11 +454,117 @@ impl Pool {
         self.h2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|a, _| keep(a));
+            .retain(|(_, a), _| keep(a));
         self.h1
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|a, _| keep(a));
+            .retain(|(_, a), _| keep(a));
+    }
+}
+
+/// The newest idle sender of `list` whose connection is still open
+/// (closed ones are dropped).
+fn pop_ready(list: &mut Vec<IdleSender>) -> Option<IdleSender> {
+    while let Some((s, uses)) = list.pop() {
+        if !s.is_closed() {
+            return Some((s, uses));
+        }
+    }
+    None
+}
+
+/// An HTTP/1.1 connection to put back into its pool.
+struct GiveBack {
+    pool: Weak<Mutex<HashMap<Key, Vec<IdleSender>>>>,
+    key: Key,
+    sender: http1::SendRequest<Body>,
+    uses: u32,
+}
+
+impl GiveBack {
+    fn put(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut map = pool.lock().unwrap_or_else(PoisonError::into_inner);
+            let list = map.entry(self.key).or_default();
+            if list.len() < MAX_IDLE_H1 {
+                list.push((self.sender, self.uses));
+            }
+        }
+    }
+}
+
+/// A response body from a pooled HTTP/1.1 connection: at its end the
+/// connection goes straight back to the pool (the next request waits for
+/// it to be ready, usually at once). A body dropped before its end leaves
+/// the connection to a task that returns it if it ever becomes ready.
+struct PooledBody {
+    body: Incoming,
+    back: Option<GiveBack>,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(back) = self.back.take() {
+                    back.put();
+                }
+            }
+            Some(Err(_)) => self.back = None,
+            Some(Ok(_)) => {
+                if self.body.is_end_stream()
+                    && let Some(back) = self.back.take()
+                {
+                    back.put();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        let Some(back) = self.back.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(&self.body) {
+            // Nothing was left to read (no body, or it was read whole).
+            back.put();
+        } else if tokio::runtime::Handle::try_current().is_ok() {
+            let GiveBack {
+                pool,
+                key,
+                mut sender,
+                uses,
+            } = back;
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    GiveBack {
+                        pool,
+                        key,
+                        sender,
+                        uses,
+                    }
+                    .put();
+                }
+            });
+        }
     }
 }
 

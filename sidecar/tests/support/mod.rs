@@ -199,6 +199,7 @@ impl Mesh {
             drain_grace: spec.drain_grace,
             access_log: false,
             limits: spec.limits,
+            workers: spec.workers,
         }
     }
 
@@ -242,6 +243,8 @@ pub struct Spec {
     pub limits: Limits,
     pub drain_grace: Duration,
     pub hooks: Hooks,
+    /// Worker threads owning the connections (`--concurrency`).
+    pub workers: usize,
 }
 
 impl Spec {
@@ -260,6 +263,8 @@ impl Spec {
             limits: Limits::default(),
             drain_grace: Duration::from_secs(2),
             hooks: Hooks::default(),
+            // As the binary runs by default: connections on two workers.
+            workers: 2,
         }
     }
 }
