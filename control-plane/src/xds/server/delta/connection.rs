@@ -126,7 +126,7 @@ impl Connection {
         self.types.contains_key(LISTENER) && self.types.values().all(|t| t.in_flight.is_empty())
     }
 
-    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), End> {
+    async fn on_request(&mut self, mut request: DeltaDiscoveryRequest) -> Result<(), End> {
         let type_url = request.type_url.clone();
         if type_url.is_empty() {
             return Err(End::Reject(Status::invalid_argument(
@@ -137,11 +137,11 @@ impl Connection {
             self.on_answer(
                 &type_url,
                 &request.response_nonce,
-                request.error_detail.clone(),
+                request.error_detail.take(),
             );
         }
         // Subscription changes count whatever the nonce.
-        if let Some(scope) = self.subscribe(&type_url, &request) {
+        if let Some(scope) = self.subscribe(&type_url, &mut request) {
             self.first_sync.take_place(&self.inner).await;
             let _permit = self.inner.throttle.clone().acquire_owned().await;
             if let Some(step) = self.answer(&type_url, scope) {
@@ -157,7 +157,7 @@ impl Connection {
     }
 
     /// Applies a request's subscription changes; returns what to answer.
-    fn subscribe(&mut self, type_url: &str, request: &DeltaDiscoveryRequest) -> Option<Scope> {
+    fn subscribe(&mut self, type_url: &str, request: &mut DeltaDiscoveryRequest) -> Option<Scope> {
         let wildcard_type = is_wildcard_type(type_url);
         let first = !self.types.contains_key(type_url);
         let state = self.types.entry(type_url.to_string()).or_default();
@@ -184,44 +184,50 @@ impl Connection {
                 state.known.claim(name, version);
             }
         }
-        let mut names: Option<BTreeSet<String>> = None;
         let mut subscribed = Vec::new();
-        for name in &request.resource_names_subscribe {
+        let mut added = Vec::new();
+        for name in std::mem::take(&mut request.resource_names_subscribe) {
             if name == WILDCARD {
                 continue;
             }
             // A proxy that subscribes again may have forgotten the resource;
             // only a version it states (on reconnect) spares the resend.
-            if !(first && request.initial_resource_versions.contains_key(name)) {
-                state.known.forget(name);
+            if !(first && request.initial_resource_versions.contains_key(&name)) {
+                state.known.forget(&name);
             }
-            state.rejected.remove(name);
-            if !state.names.contains(name) {
-                names
-                    .get_or_insert_with(|| (*state.names.set).clone())
-                    .insert(name.clone());
-            }
+            state.rejected.remove(&name);
             if !first {
                 subscribed.push(name.clone());
             }
+            if !state.names.contains(&name) {
+                added.push(name);
+            }
         }
-        for name in &request.resource_names_unsubscribe {
+        let mut dropped = Vec::new();
+        for name in std::mem::take(&mut request.resource_names_unsubscribe) {
             if name == WILDCARD {
                 wildcard_dropped = state.wildcard;
                 state.wildcard = false;
                 continue;
             }
-            if state.names.contains(name) || names.as_ref().is_some_and(|n| n.contains(name)) {
-                names
-                    .get_or_insert_with(|| (*state.names.set).clone())
-                    .remove(name);
-            }
             if !state.wildcard {
-                state.known.forget(name);
+                state.known.forget(&name);
             }
-            state.rejected.remove(name);
+            state.rejected.remove(&name);
+            dropped.push(name);
         }
-        if let Some(names) = names {
+        if !added.is_empty() || dropped.iter().any(|n| state.names.contains(n)) {
+            let mut names: BTreeSet<String> = if state.names.len() == 0 {
+                // Built in bulk (a first subscription names everything).
+                added.into_iter().collect()
+            } else {
+                let mut names = (*state.names.set).clone();
+                names.extend(added);
+                names
+            };
+            for name in &dropped {
+                names.remove(name);
+            }
             debug!(type_url, names = names.len(), "subscription changed");
             state.names = self.inner.names.intern_set(names);
         }
