@@ -138,7 +138,13 @@ pub fn syncz(ads: &AdsServer) -> Value {
                         }))
                     })
                     .collect();
-                json!({ "proxy": s.proxy_id, "role": s.role.to_string(), "cluster": s.cluster, "types": types })
+                json!({
+                    "proxy": s.proxy_id,
+                    "role": s.role.to_string(),
+                    "cluster": s.cluster,
+                    "protocol": if s.incremental { "delta" } else { "sotw" },
+                    "types": types,
+                })
             })
             .collect(),
     )

@@ -184,6 +184,8 @@ async fn control_plane_serves_sidecars_and_reacts_to_config_changes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(acked, "syncz never showed the ACK");
+    let (_, syncz) = http_get(bound.debug, "/debug/syncz").await;
+    assert!(syncz.contains("\"protocol\": \"sotw\""), "{syncz}");
     let (status, dump) = http_get(
         bound.debug,
         &format!("/debug/config_dump?proxy={}", proxy.id.replace('~', "%7E")),
