@@ -211,9 +211,12 @@ start_proxy() {  # name: sets PROXY_PID and PROXY_PORT
                 thin) cmd=("$GATEWAY_BIN") ;;
                 *) cmd=("${GW_KIND[$name]}") ;;
             esac
+            # Two worker threads, as HAProxy's nbthread 2, unless the variant says otherwise.
+            local threads=(--threads 2)
+            [[ ${GW_FLAGS[$name]} == *--threads* ]] && threads=()
             # shellcheck disable=SC2086 # the flags are words
             ISTHMUS_LOG=warn "${cmd[@]}" --cluster bench --control-plane 127.0.0.1:$CP \
-                --listen 127.0.0.1:$ISTHMUS --admin 127.0.0.1:$ADMIN --threads 2 \
+                --listen 127.0.0.1:$ISTHMUS --admin 127.0.0.1:$ADMIN "${threads[@]}" \
                 ${GW_FLAGS[$name]} 2>>"$WORK/gateway-$name.log" &
             PROXY_PID=$!; PROXY_PORT=$ISTHMUS ;;
     esac
