@@ -7,7 +7,7 @@
 //! subscribed to go out, as a partial EDS response); or anything (then every
 //! subscribed type is regenerated and sent if its digest changed).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use super::debounce::{Update, same_state};
 use super::first_sync::FirstSync;
 use super::metrics::short_type;
 use super::names::Names;
+use super::pending::PendingPushes;
 use super::push::{Digest, Step, make_before_break, version_info};
 use super::status::{NackStatus, TypeSyncStatus, View};
 use super::stream::{End, Protocol, ResponseTx};
@@ -32,8 +33,6 @@ use crate::xds::{
 
 /// Identifies this control plane in every response.
 pub(super) const CONTROL_PLANE_ID: &str = "isthmus";
-/// Pushes awaiting ACKs kept per stream for the convergence metric.
-pub(super) const MAX_PENDING_PUSHES: usize = 16;
 /// How long a push waits for a proxy to take its responses before it lets
 /// the next stream push (see [`Connection::send`]).
 pub(super) const DRAIN_WAIT: Duration = Duration::from_secs(5);
@@ -63,12 +62,6 @@ struct Sent {
     clusters: Option<Arc<Vec<Arc<SharedResource>>>>,
 }
 
-/// A push whose types the proxy has not all ACKed yet.
-struct PendingPush {
-    changed_at: Instant,
-    awaiting: BTreeSet<String>,
-}
-
 /// One proxy on one stream, registered in the status view while it lives.
 pub(super) struct Connection {
     inner: Arc<Inner>,
@@ -78,7 +71,7 @@ pub(super) struct Connection {
     /// The state every response is generated from.
     current: Arc<Update>,
     types: BTreeMap<String, TypeState>,
-    pending: VecDeque<PendingPush>,
+    pending: PendingPushes,
     view: Arc<Mutex<View>>,
     first_sync: FirstSync,
 }
@@ -100,7 +93,7 @@ impl Connection {
             tx,
             current,
             types: BTreeMap::new(),
-            pending: VecDeque::new(),
+            pending: PendingPushes::default(),
             view,
             first_sync: FirstSync::Waiting,
         }
@@ -201,15 +194,8 @@ impl Connection {
         };
         trace!(type_url, version = sent.version, "ACK");
         state.acked = Some(sent.version.clone());
-        let convergence = self.inner.metrics.convergence();
-        self.pending.retain_mut(|push| {
-            push.awaiting.remove(type_url);
-            let done = push.awaiting.is_empty();
-            if done {
-                convergence.observe(push.changed_at.elapsed().as_secs_f64());
-            }
-            !done
-        });
+        self.pending
+            .acked([type_url], self.inner.metrics.convergence());
     }
 
     fn on_nack(&mut self, type_url: &str, message: String) {
@@ -231,9 +217,7 @@ impl Connection {
             version: sent.version.clone(),
             message,
         });
-        // Those pushes will not converge.
-        self.pending
-            .retain(|push| !push.awaiting.contains(type_url));
+        self.pending.rejected(type_url);
     }
 
     /// Sends what changed for this proxy between the stream's state and
@@ -290,15 +274,7 @@ impl Connection {
             .metrics
             .push_duration()
             .observe(started.elapsed().as_secs_f64());
-        if let Some(changed_at) = self.current.changed_at {
-            if self.pending.len() == MAX_PENDING_PUSHES {
-                self.pending.pop_front();
-            }
-            self.pending.push_back(PendingPush {
-                changed_at,
-                awaiting,
-            });
-        }
+        self.pending.record(self.current.changed_at, awaiting);
         Ok(())
     }
 

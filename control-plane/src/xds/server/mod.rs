@@ -61,6 +61,7 @@ mod first_sync_tests;
 mod grpc;
 mod metrics;
 mod names;
+mod pending;
 mod push;
 mod status;
 mod stream;

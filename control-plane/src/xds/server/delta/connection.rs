@@ -22,13 +22,12 @@ use tracing::{debug, info, trace, warn};
 
 use super::known::{Delta, Known, Rejected, diff_all, diff_names};
 use super::wire::Response;
-use crate::xds::server::connection::{
-    CONTROL_PLANE_ID, DRAIN_WAIT, MAX_PENDING_PUSHES, SMALL_PUSH,
-};
+use crate::xds::server::connection::{CONTROL_PLANE_ID, DRAIN_WAIT, SMALL_PUSH};
 use crate::xds::server::debounce::{Update, same_state};
 use crate::xds::server::first_sync::FirstSync;
 use crate::xds::server::metrics::short_type;
 use crate::xds::server::names::Names;
+use crate::xds::server::pending::PendingPushes;
 use crate::xds::server::push::version_info;
 use crate::xds::server::status::{NackStatus, TypeSyncStatus, View};
 use crate::xds::server::stream::{End, Protocol, ResponseTx};
@@ -85,12 +84,6 @@ impl InFlight {
     }
 }
 
-/// A push whose responses the proxy has not all ACKed yet.
-struct PendingPush {
-    changed_at: Instant,
-    awaiting: BTreeSet<String>,
-}
-
 /// What a request asks to be answered with.
 enum Scope {
     /// The whole subscription: the type's first request (always answered,
@@ -115,7 +108,7 @@ pub(in crate::xds::server) struct Connection {
     /// The state every response is generated from.
     current: Arc<Update>,
     types: BTreeMap<String, TypeState>,
-    pending: VecDeque<PendingPush>,
+    pending: PendingPushes,
     view: Arc<Mutex<View>>,
     first_sync: FirstSync,
 }
@@ -393,21 +386,13 @@ impl Connection {
                     version: last.version,
                     message: error.message,
                 });
-                // Those pushes will not converge.
-                self.pending.retain(|p| !p.awaiting.contains(&last.nonce));
+                self.pending.rejected(&last.nonce);
             }
         }
-        let convergence = self.inner.metrics.convergence();
-        self.pending.retain_mut(|push| {
-            for nonce in &accepted {
-                push.awaiting.remove(nonce);
-            }
-            let done = push.awaiting.is_empty();
-            if done {
-                convergence.observe(push.changed_at.elapsed().as_secs_f64());
-            }
-            !done
-        });
+        self.pending.acked(
+            accepted.iter().map(String::as_str),
+            self.inner.metrics.convergence(),
+        );
     }
 
     /// Sends what changed for this proxy between the stream's state and
@@ -463,15 +448,7 @@ impl Connection {
             .metrics
             .push_duration()
             .observe(started.elapsed().as_secs_f64());
-        if let Some(changed_at) = self.current.changed_at {
-            if self.pending.len() == MAX_PENDING_PUSHES {
-                self.pending.pop_front();
-            }
-            self.pending.push_back(PendingPush {
-                changed_at,
-                awaiting,
-            });
-        }
+        self.pending.record(self.current.changed_at, awaiting);
         Ok(())
     }
 
@@ -693,7 +670,7 @@ impl Protocol for Connection {
             tx,
             current,
             types: BTreeMap::new(),
-            pending: VecDeque::new(),
+            pending: PendingPushes::default(),
             view,
             first_sync: FirstSync::Waiting,
         }
