@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 /// Upper bound of every wait.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub const WAIT: Duration = crate::ads_support::TIMEOUT;
 
 /// A real incremental ADS client on its own stream.
 pub struct DeltaClient {
@@ -122,32 +122,17 @@ impl DeltaClient {
 
     /// The next response.
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        timeout(WAIT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .expect("stream healthy")
-            .expect("stream open")
+        crate::ads_support::next_message(&mut self.rx).await
     }
 
     /// The status the stream ends with.
     pub async fn recv_status(&mut self) -> tonic::Status {
-        match timeout(WAIT, self.rx.message())
-            .await
-            .expect("stream ends in time")
-        {
-            Err(status) => status,
-            Ok(other) => panic!("expected an error status, got {other:?}"),
-        }
+        crate::ads_support::end_status(&mut self.rx).await
     }
 
     /// Asserts nothing arrives for `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
-        if let Ok(got) = timeout(quiet, self.rx.message()).await {
-            panic!(
-                "expected silence, got {:?}",
-                got.map(|r| r.map(|r| summary(&r)))
-            );
-        }
+        crate::ads_support::assert_silent(&mut self.rx, quiet, summary).await;
     }
 
     /// Envoy's first sync: CDS wildcard, EDS for the clusters, LDS

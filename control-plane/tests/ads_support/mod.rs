@@ -404,32 +404,17 @@ impl Client {
 
     /// The next response.
     pub async fn recv(&mut self) -> DiscoveryResponse {
-        timeout(TIMEOUT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .expect("stream healthy")
-            .expect("stream open")
+        next_message(&mut self.rx).await
     }
 
     /// The status the stream ends with.
     pub async fn recv_status(&mut self) -> tonic::Status {
-        match timeout(TIMEOUT, self.rx.message())
-            .await
-            .expect("stream ends in time")
-        {
-            Err(status) => status,
-            Ok(other) => panic!("expected an error status, got {other:?}"),
-        }
+        end_status(&mut self.rx).await
     }
 
     /// Asserts nothing arrives for `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
-        if let Ok(got) = timeout(quiet, self.rx.message()).await {
-            panic!(
-                "expected silence, got {:?}",
-                got.map(|r| r.map(|r| summary(&r)))
-            );
-        }
+        assert_silent(&mut self.rx, quiet, summary).await;
     }
 
     /// Subscribes to CDS, EDS (for the CDS names), LDS and RDS (`routes`) in
@@ -484,4 +469,38 @@ fn resource_name(any: &Any) -> String {
 /// `(type URL, names)` of a response, for assertions.
 pub fn summary(response: &DiscoveryResponse) -> (String, Vec<String>) {
     (response.type_url.clone(), names(response))
+}
+
+/// The next message on an ADS stream (either protocol), within [`TIMEOUT`].
+pub async fn next_message<T>(rx: &mut Streaming<T>) -> T {
+    timeout(TIMEOUT, rx.message())
+        .await
+        .expect("a response in time")
+        .expect("stream healthy")
+        .expect("stream open")
+}
+
+/// The status an ADS stream ends with, within [`TIMEOUT`].
+pub async fn end_status<T: std::fmt::Debug>(rx: &mut Streaming<T>) -> tonic::Status {
+    match timeout(TIMEOUT, rx.message())
+        .await
+        .expect("stream ends in time")
+    {
+        Err(status) => status,
+        Ok(other) => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// Asserts nothing arrives on `rx` for `quiet` (what did is shown by `summary`).
+pub async fn assert_silent<T, S: std::fmt::Debug>(
+    rx: &mut Streaming<T>,
+    quiet: Duration,
+    summary: impl Fn(&T) -> S,
+) {
+    if let Ok(got) = timeout(quiet, rx.message()).await {
+        panic!(
+            "expected silence, got {:?}",
+            got.map(|r| r.map(|r| summary(&r)))
+        );
+    }
 }
