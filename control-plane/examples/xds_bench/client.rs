@@ -206,21 +206,9 @@ async fn sync_and_follow(
         ..Request::default()
     })
     .await?;
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready().await.map_err(|e| format!("connect: {e}"))?;
-    let codec = tonic_prost::ProstCodec::<Request, Response>::default();
-    let path = http::uri::PathAndQuery::from_static(ADS_PATH);
-    let mut responses = grpc
-        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
-        .await
-        .map_err(|s| format!("open stream: {s}"))?
-        .into_inner();
+    let mut responses = open_stream::<Request, Response>(channel, ADS_PATH, rx).await?;
     loop {
-        let response = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err("server closed the stream".into()),
-            Err(s) => return Err(format!("stream: {s}")),
-        };
+        let response = next_response(&mut responses).await?;
         let Some(kind) = TYPES.iter().position(|t| *t == response.type_url) else {
             return Err(format!("unexpected type {}", response.type_url));
         };
@@ -351,4 +339,35 @@ fn listener_routes(any: Bytes) -> Result<Vec<Bytes>, String> {
         }
     }
     Ok(names)
+}
+
+/// Opens one bidirectional ADS stream at `path` (either protocol) on
+/// `channel`, its requests taken from `rx`.
+async fn open_stream<Req, Resp>(
+    channel: Channel,
+    path: &'static str,
+    rx: mpsc::Receiver<Req>,
+) -> Result<tonic::Streaming<Resp>, String>
+where
+    Req: Message + Send + Sync + 'static,
+    Resp: Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+    grpc.ready().await.map_err(|e| format!("connect: {e}"))?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
+    Ok(grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await
+        .map_err(|s| format!("open stream: {s}"))?
+        .into_inner())
+}
+
+/// The next response; an error when the stream failed or the server closed it.
+async fn next_response<Resp>(responses: &mut tonic::Streaming<Resp>) -> Result<Resp, String> {
+    match responses.message().await {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err("server closed the stream".into()),
+        Err(s) => Err(format!("stream: {s}")),
+    }
 }

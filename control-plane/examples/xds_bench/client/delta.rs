@@ -12,7 +12,6 @@ use isthmus_control_plane::xds::{CLUSTER, LISTENER};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::{Event, TYPES, cluster_eds_name, listener_routes, state_version};
@@ -113,22 +112,10 @@ pub async fn sync_and_follow(
         ..Request::default()
     })
     .await?;
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready().await.map_err(|e| format!("connect: {e}"))?;
-    let codec = tonic_prost::ProstCodec::<Request, Response>::default();
-    let path = http::uri::PathAndQuery::from_static(DELTA_PATH);
-    let mut responses = grpc
-        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
-        .await
-        .map_err(|s| format!("open stream: {s}"))?
-        .into_inner();
+    let mut responses = super::open_stream::<Request, Response>(channel, DELTA_PATH, rx).await?;
     let mut state = State::default();
     loop {
-        let response = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err("server closed the stream".into()),
-            Err(s) => return Err(format!("stream: {s}")),
-        };
+        let response = super::next_response(&mut responses).await?;
         let Some(kind) = TYPES.iter().position(|t| *t == response.type_url) else {
             return Err(format!("unexpected type {}", response.type_url));
         };
