@@ -7,17 +7,13 @@
 //! TCP (no size limit: CoreDNS truncates for its own UDP clients).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
-use hickory_proto::rr::Record;
-use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::server::{Request, RequestHandler};
 use tonic::{Status, async_trait};
 
-use super::{Handler, encode, formerr};
+use super::{Capture, Handler, formerr};
 use crate::coredns::DnsPacket;
 use crate::coredns::dns_service_server::{DnsService, DnsServiceServer};
 
@@ -33,43 +29,11 @@ pub async fn answer_bytes(handler: &Handler, message: &[u8], src: SocketAddr) ->
     if request.metadata.message_type == hickory_proto::op::MessageType::Response {
         return None;
     }
-    let capture = Capture {
-        id: request.metadata.id,
-        slot: Arc::default(),
-    };
+    let capture = Capture::new(request.metadata.id, u16::MAX);
     handler
         .handle_request::<_, TokioTime>(&request, capture.clone())
         .await;
-    capture.slot.lock().ok()?.take()
-}
-
-/// A response handler that keeps the encoded message instead of sending it.
-#[derive(Clone, Debug)]
-struct Capture {
-    /// The request's id (for a SERVFAIL if the answer cannot be encoded).
-    id: u16,
-    slot: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-#[async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response, self.id, u16::MAX)?;
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = Some(bytes);
-        }
-        Ok(info)
-    }
+    capture.take()
 }
 
 /// The gRPC service.

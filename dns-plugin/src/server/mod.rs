@@ -286,37 +286,82 @@ async fn send<'a, R: ResponseHandler>(
     }
 }
 
-/// Encodes a response, at most `max_size` bytes (hickory sets TC and leaves
-/// out what does not fit). A response that cannot be encoded becomes a bare
-/// SERVFAIL, as hickory's own UDP/TCP path does.
-pub(crate) fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
+/// A response handler that encodes the response (at most `max_size` bytes:
+/// hickory sets TC and leaves out what does not fit) and keeps it for the
+/// caller to deliver — the UDP loop sends it, the gRPC service returns it.
+/// A response that cannot be encoded becomes a bare SERVFAIL, as hickory's
+/// own UDP/TCP path does.
+#[derive(Clone, Debug)]
+pub(crate) struct Capture {
+    /// The request's id (for that SERVFAIL).
     id: u16,
     max_size: u16,
-) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max_size);
-    match response.destructive_emit(&mut encoder) {
-        Ok(info) => Ok((info, bytes)),
-        Err(error) => {
-            tracing::warn!(%error, "encoding a response failed; answering SERVFAIL");
-            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-            metadata.response_code = ResponseCode::ServFail;
-            let header = Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            };
-            let bytes = header.to_bytes()?;
-            Ok((ResponseInfo::from(header), bytes))
+    slot: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl Capture {
+    pub(crate) fn new(id: u16, max_size: u16) -> Capture {
+        Capture {
+            id,
+            max_size,
+            slot: Arc::default(),
         }
+    }
+
+    /// The encoded response, once the handler has sent it.
+    pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        self.slot.lock().ok()?.take()
+    }
+
+    fn encode<'a>(
+        &self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(self.max_size);
+        match response.destructive_emit(&mut encoder) {
+            Ok(info) => Ok((info, bytes)),
+            Err(error) => {
+                tracing::warn!(%error, "encoding a response failed; answering SERVFAIL");
+                let mut metadata = Metadata::new(self.id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                let bytes = header.to_bytes()?;
+                Ok((ResponseInfo::from(header), bytes))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let (info, bytes) = self.encode(response)?;
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(bytes);
+        }
+        Ok(info)
     }
 }
 

@@ -22,17 +22,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::MessageType;
-use hickory_proto::rr::Record;
-use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::server::Request;
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, MAX_UDP_PAYLOAD, encode, formerr, udp_max_size};
+use super::{Capture, Handler, MAX_UDP_PAYLOAD, formerr, udp_max_size};
 
 /// Datagrams read per wake-up before the loop checks for shutdown again.
 const BATCH: usize = 64;
@@ -131,39 +128,9 @@ async fn full_path(
     if request.metadata.message_type == MessageType::Response {
         return; // never answer a response: reflection
     }
-    let reply = UdpReply {
-        socket,
-        dst: src,
-        id: request.metadata.id,
-        max_size: udp_max_size(&request),
-    };
-    handler.answer(&request, reply).await;
-}
-
-/// Sends the full handler's response on the socket the query came in on.
-#[derive(Clone, Debug)]
-struct UdpReply {
-    socket: Arc<UdpSocket>,
-    dst: SocketAddr,
-    id: u16,
-    max_size: u16,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpReply {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response, self.id, self.max_size)?;
-        send(&self.socket, &bytes, self.dst).await;
-        Ok(info)
+    let reply = Capture::new(request.metadata.id, udp_max_size(&request));
+    handler.answer(&request, reply.clone()).await;
+    if let Some(bytes) = reply.take() {
+        send(&socket, &bytes, src).await;
     }
 }
