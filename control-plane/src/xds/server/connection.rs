@@ -366,21 +366,11 @@ impl Connection {
         type_url: &str,
         names: &BTreeSet<String>,
     ) -> Option<Vec<Arc<SharedResource>>> {
-        match self
-            .current
-            .state
-            .generate_shared(&self.proxy, type_url, names)
-        {
-            Ok(resources) => Some(resources),
-            Err(error) => {
-                self.inner.metrics.push_error(type_url);
-                warn!(type_url, %error, "cannot generate resources; nothing sent for this type");
-                if matches!(error, GenerateError::UnknownType(_)) {
-                    self.types.remove(type_url);
-                }
-                None
-            }
+        let generated = generate_or_log(&self.inner, &self.current, &self.proxy, type_url, names);
+        if generated == Err(Generated::UnknownType) {
+            self.types.remove(type_url);
         }
+        generated.ok()
     }
 
     async fn send(&mut self, step: Step) -> Result<(), End> {
@@ -498,4 +488,36 @@ impl Drop for Connection {
         self.inner.metrics.connected().dec();
         info!(connection = self.id, "proxy disconnected");
     }
+}
+
+/// Why [`generate_or_log`] returned nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Generated {
+    /// The generator does not know the type: the stream forgets the subscription.
+    UnknownType,
+    /// Any other error (logged and counted).
+    Failed,
+}
+
+/// Generates `names` of a type for `proxy` from `current` (both protocols);
+/// an error is logged and counted in the push-error metric.
+pub(super) fn generate_or_log(
+    inner: &Inner,
+    current: &Update,
+    proxy: &ProxyInfo,
+    type_url: &str,
+    names: &BTreeSet<String>,
+) -> Result<Vec<Arc<SharedResource>>, Generated> {
+    current
+        .state
+        .generate_shared(proxy, type_url, names)
+        .map_err(|error| {
+            inner.metrics.push_error(type_url);
+            warn!(type_url, %error, "cannot generate resources; nothing sent for this type");
+            if matches!(error, GenerateError::UnknownType(_)) {
+                Generated::UnknownType
+            } else {
+                Generated::Failed
+            }
+        })
 }

@@ -22,7 +22,9 @@ use tracing::{debug, info, trace, warn};
 
 use super::known::{Delta, Known, Rejected, diff_all, diff_names};
 use super::wire::Response;
-use crate::xds::server::connection::{CONTROL_PLANE_ID, DRAIN_WAIT, SMALL_PUSH};
+use crate::xds::server::connection::{
+    CONTROL_PLANE_ID, DRAIN_WAIT, Generated, SMALL_PUSH, generate_or_log,
+};
 use crate::xds::server::debounce::{Update, same_state};
 use crate::xds::server::first_sync::FirstSync;
 use crate::xds::server::metrics::short_type;
@@ -33,8 +35,7 @@ use crate::xds::server::status::{NackStatus, TypeSyncStatus, View};
 use crate::xds::server::stream::{End, Protocol, ResponseTx};
 use crate::xds::server::{Inner, RESPONSE_BUFFER, lock};
 use crate::xds::{
-    Changes, ENDPOINT, GenerateError, LISTENER, PUSH_ORDER, ProxyInfo, SharedResource,
-    is_wildcard_type,
+    Changes, ENDPOINT, LISTENER, PUSH_ORDER, ProxyInfo, SharedResource, is_wildcard_type,
 };
 
 /// The wildcard resource name.
@@ -321,21 +322,11 @@ impl Connection {
         type_url: &str,
         names: &BTreeSet<String>,
     ) -> Option<Vec<Arc<SharedResource>>> {
-        match self
-            .current
-            .state
-            .generate_shared(&self.proxy, type_url, names)
-        {
-            Ok(resources) => Some(resources),
-            Err(error) => {
-                self.inner.metrics.push_error(type_url);
-                warn!(type_url, %error, "cannot generate resources; nothing sent for this type");
-                if matches!(error, GenerateError::UnknownType(_)) {
-                    self.types.remove(type_url);
-                }
-                None
-            }
+        let generated = generate_or_log(&self.inner, &self.current, &self.proxy, type_url, names);
+        if generated == Err(Generated::UnknownType) {
+            self.types.remove(type_url);
         }
+        generated.ok()
     }
 
     /// An ACK or NACK of the response with `nonce`; responses before it
