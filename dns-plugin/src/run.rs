@@ -154,16 +154,8 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     );
 
     // Bind everything first, so a port in use fails start() instead of a task.
-    let bind_err = |what, addr| move |source| Error::Bind { what, addr, source };
     let mut server = Server::new(handler.clone());
-    let mut udp = bind_udp(options.listen, options.udp_sockets.max(1))
-        .map_err(bind_err("DNS (UDP)", options.listen))?;
-    let dns = udp[0]
-        .local_addr()
-        .map_err(bind_err("DNS (UDP)", options.listen))?;
-    let tcp = tokio::net::TcpListener::bind(dns)
-        .await
-        .map_err(bind_err("DNS (TCP)", dns))?;
+    let (mut udp, tcp, dns) = bind_dns(options.listen, options.udp_sockets.max(1)).await?;
     if !options.udp_fast_path {
         for socket in udp.drain(..) {
             server.register_socket(socket);
@@ -275,6 +267,41 @@ async fn feed_task(
 ) -> Result<(), Error> {
     feed::run(options, config, snapshot, metrics, shutdown).await;
     Ok(())
+}
+
+fn bind_err(what: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Bind { what, addr, source }
+}
+
+/// The UDP sockets and the TCP listener of the DNS port. UDP and TCP must
+/// share one port number; when asked for port 0 the kernel picks the UDP
+/// port, and that number may already be taken on TCP (by any ephemeral
+/// connection), so a few fresh picks are tried before giving up.
+async fn bind_dns(
+    listen: SocketAddr,
+    n: usize,
+) -> Result<
+    (
+        Vec<tokio::net::UdpSocket>,
+        tokio::net::TcpListener,
+        SocketAddr,
+    ),
+    Error,
+> {
+    let attempts = if listen.port() == 0 { 16 } else { 1 };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = bind_udp(listen, n).map_err(bind_err("DNS (UDP)", listen))?;
+        let dns = udp[0].local_addr().map_err(bind_err("DNS (UDP)", listen))?;
+        match tokio::net::TcpListener::bind(dns).await {
+            Ok(tcp) => return Ok((udp, tcp, dns)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts => {
+                tracing::debug!(%dns, "TCP port taken for the picked UDP port; picking another");
+            }
+            Err(source) => return Err(bind_err("DNS (TCP)", dns)(source)),
+        }
+    }
 }
 
 /// `n` UDP sockets on one address with SO_REUSEPORT (the kernel spreads
