@@ -128,7 +128,8 @@ mod tests {
     #[test]
     fn checked_in_crds_match_the_generated_ones() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds/crds.yaml");
-        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        let checked_in =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
         assert!(
             checked_in == to_yaml(),
             "deploy/crds/crds.yaml is stale; regenerate: cargo run -p isthmus-cli -- crds > deploy/crds/crds.yaml"
