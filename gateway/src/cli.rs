@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use isthmus_api::naming::Locality;
 use isthmus_proxy_core::transport::{DEFAULT_BUFFER_SIZE, SpliceConfig};
+use isthmus_proxy_core::xds::XdsProtocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::{
@@ -67,6 +68,10 @@ pub struct GatewayArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// ADS flavour: `delta` (incremental; falls back to state of the world
+    /// when the control plane does not serve it) or `sotw`.
+    #[arg(long, default_value = "delta")]
+    pub xds_protocol: XdsProtocol,
 }
 
 /// `on` or `off`.
@@ -136,6 +141,7 @@ impl GatewayArgs {
         };
         options.zero_copy = self.zero_copy == Switch::On;
         options.drain_grace = self.drain_grace;
+        options.xds_protocol = self.xds_protocol;
         Ok(options)
     }
 

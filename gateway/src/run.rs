@@ -14,7 +14,7 @@ use isthmus_proxy_core::ProxyConfig;
 use isthmus_proxy_core::admin::{self, AdminServer};
 use isthmus_proxy_core::transport::SpliceConfig;
 use isthmus_proxy_core::xds::{
-    NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions,
+    NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions, XdsProtocol,
 };
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
@@ -84,12 +84,15 @@ pub struct Options {
     pub zero_copy: bool,
     /// How long connections may take to finish once a drain starts.
     pub drain_grace: Duration,
+    /// The ADS flavour spoken with the control plane.
+    pub xds_protocol: XdsProtocol,
 }
 
 impl Options {
     /// Defaults: listen on 15443, admin on 15000, 16384 connections (4096
     /// per service), 16 KiB / 10 s ClientHello, 3 connect attempts,
-    /// `splice(2)` through 16 KiB pipes, 1 h idle timeout, 10 s drain grace.
+    /// `splice(2)` through 16 KiB pipes, 1 h idle timeout, 10 s drain grace,
+    /// incremental xDS.
     pub fn new(node: NodeInfo, config: ConfigSource) -> Self {
         Self {
             node,
@@ -105,6 +108,7 @@ impl Options {
             splice: SpliceConfig::default(),
             zero_copy: DEFAULT_ZERO_COPY,
             drain_grace: Duration::from_secs(10),
+            xds_protocol: XdsProtocol::default(),
         }
     }
 }
@@ -222,15 +226,14 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
                 format!("http://{address}")
             };
             let connector = PlaintextConnector::new(&uri)?;
-            let client = XdsClient::spawn(
-                XdsOptions::new(options.node.to_node()),
-                connector,
-                stop.clone(),
-            );
+            let mut xds_options = XdsOptions::new(options.node.to_node());
+            xds_options.protocol = options.xds_protocol;
+            let client = XdsClient::spawn(xds_options, connector, stop.clone());
             (client.config(), Some(client))
         }
     };
     let (xds_ready_tx, xds_ready) = watch::channel(xds.is_none());
+    let xds_counters = xds.as_ref().map(XdsClient::counters);
     let xds_task = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -256,6 +259,9 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
 
     let mut registry = Registry::with_prefix("isthmus");
     let metrics = Metrics::register(&mut registry);
+    if let Some(counters) = xds_counters {
+        registry.register_collector(Box::new(counters));
+    }
     let admin = match options.admin {
         None => None,
         Some(address) => {

@@ -225,5 +225,8 @@ async fn the_admin_endpoints_show_config_routes_and_metrics() {
         metrics.contains("isthmus_gateway_client_hello_duration_seconds"),
         "{metrics}"
     );
+    for line in ["isthmus_xds_connected 1", "isthmus_xds_incremental 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
     env.stop().await;
 }

@@ -16,4 +16,4 @@ pub mod transport;
 pub mod xds;
 
 pub use config::{ProxyConfig, ResourceType};
-pub use xds::{XdsClient, XdsOptions};
+pub use xds::{XdsClient, XdsOptions, XdsProtocol};

@@ -1,5 +1,6 @@
 //! The xDS client against a real control plane on loopback: the first
-//! sync, a config change, and a control plane restart.
+//! sync, a config change, and a control plane restart, each over
+//! incremental and over state-of-the-world ADS.
 
 mod support;
 
@@ -8,9 +9,35 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use isthmus_proxy_core::ResourceType;
+use isthmus_proxy_core::xds::XdsProtocol;
 use tokio_util::sync::CancellationToken;
 
 use support::*;
+
+/// A test per protocol of `async fn $name(protocol)`.
+macro_rules! over_both_protocols {
+    ($($name:ident),*) => {$(
+        mod $name {
+            use super::XdsProtocol;
+
+            #[tokio::test]
+            async fn delta() {
+                super::$name(XdsProtocol::Incremental).await
+            }
+
+            #[tokio::test]
+            async fn sotw() {
+                super::$name(XdsProtocol::StateOfTheWorld).await
+            }
+        }
+    )*};
+}
+
+over_both_protocols!(
+    first_sync_publishes_a_consistent_config,
+    a_config_change_is_published,
+    the_last_config_survives_a_control_plane_restart
+);
 
 /// The socket addresses of a cluster's endpoints.
 fn endpoint_ips(config: &isthmus_proxy_core::ProxyConfig, cluster: &str) -> Vec<String> {
@@ -29,12 +56,11 @@ fn endpoint_ips(config: &isthmus_proxy_core::ProxyConfig, cluster: &str) -> Vec<
         .collect()
 }
 
-#[tokio::test]
-async fn first_sync_publishes_a_consistent_config() {
+async fn first_sync_publishes_a_consistent_config(protocol: XdsProtocol) {
     let dir = ConfigDir::new(SERVICES);
     let cp = ControlPlane::start(&dir, "127.0.0.1:0".parse().unwrap(), "127.0.10.11").await;
     let shutdown = CancellationToken::new();
-    let options = options();
+    let options = options(protocol);
     let local = options.local_secrets.clone();
     let client = client(cp.xds, options, &shutdown);
 
@@ -71,6 +97,7 @@ async fn first_sync_publishes_a_consistent_config() {
     assert!(stats.updates_accepted >= 5, "{stats:?}");
     assert_eq!((stats.nacks_sent, stats.reconnects), (0, 0));
     assert!(stats.connected);
+    assert_eq!(stats.protocol, protocol);
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, client.join())
@@ -79,12 +106,11 @@ async fn first_sync_publishes_a_consistent_config() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn a_config_change_is_published() {
+async fn a_config_change_is_published(protocol: XdsProtocol) {
     let dir = ConfigDir::new(SERVICES);
     let cp = ControlPlane::start(&dir, "127.0.0.1:0".parse().unwrap(), "127.0.10.11").await;
     let shutdown = CancellationToken::new();
-    let options = options();
+    let options = options(protocol);
     let local = options.local_secrets.clone();
     let client = client(cp.xds, options, &shutdown);
     let mut rx = client.config();
@@ -111,6 +137,25 @@ async fn a_config_change_is_published() {
     );
     // Nothing else was lost.
     assert_eq!(endpoint_ips(&after, HELLOWORLD_CLUSTER), ["127.0.10.11"]);
+
+    // The service goes away again: its cluster, endpoints, listener and
+    // route config with it, and nothing else.
+    dir.remove("reviews.yaml");
+    let removed = wait_config(&mut rx, "without reviews", |c| {
+        !c.clusters.contains_key(REVIEWS_CLUSTER) && !c.listeners.contains_key("0.0.0.0_9080")
+    })
+    .await;
+    assert_consistent(&removed, &local);
+    assert!(!removed.endpoints.contains_key(REVIEWS_CLUSTER));
+    assert!(!removed.routes.contains_key("9080"));
+    assert_eq!(
+        removed.clusters.keys().collect::<Vec<_>>(),
+        before.clusters.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        removed.listeners.keys().collect::<Vec<_>>(),
+        before.listeners.keys().collect::<Vec<_>>()
+    );
     assert_eq!(client.stats().nacks_sent, 0);
 
     shutdown.cancel();
@@ -120,13 +165,12 @@ async fn a_config_change_is_published() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn the_last_config_survives_a_control_plane_restart() {
+async fn the_last_config_survives_a_control_plane_restart(protocol: XdsProtocol) {
     let dir = ConfigDir::new(SERVICES);
     let cp = ControlPlane::start(&dir, "127.0.0.1:0".parse().unwrap(), "127.0.10.11").await;
     let addr = cp.xds;
     let shutdown = CancellationToken::new();
-    let options = options();
+    let options = options(protocol);
     let local = options.local_secrets.clone();
     let client = client(addr, options, &shutdown);
     let mut rx = client.config();

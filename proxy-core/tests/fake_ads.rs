@@ -1,6 +1,8 @@
 //! The xDS client against a scripted ADS server (`support::fake`): NACKs
 //! of malformed resources, warming with the initial fetch timeout, and
-//! resubscription on a new stream.
+//! resubscription on a new stream. The fake serves state of the world only
+//! (`UNIMPLEMENTED` for incremental), so every test also covers the
+//! client's fallback from its default, incremental xDS.
 
 mod support;
 
@@ -10,7 +12,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use isthmus_proxy_core::config::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use isthmus_proxy_core::xds::XdsClient;
+use isthmus_proxy_core::xds::{XdsClient, XdsProtocol};
 use isthmus_proxy_core::{ProxyConfig, ResourceType};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -67,6 +69,11 @@ async fn malformed_resources_are_nacked_and_the_config_kept() {
     initial_sync(&mut s, &client).await;
     let synced = client.current();
     assert_eq!(synced.version(ResourceType::Cluster), Some("c1"));
+    assert_eq!(
+        client.stats().protocol,
+        XdsProtocol::StateOfTheWorld,
+        "fell back from incremental xDS"
+    );
 
     // A resource of another type inside a CDS response.
     let n = s

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use isthmus_api::naming::Locality;
-use isthmus_proxy_core::xds::{NodeInfo, NodeRole};
+use isthmus_proxy_core::xds::{NodeInfo, NodeRole, XdsProtocol};
 
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,10 @@ pub struct SidecarArgs {
     /// loops; 0 runs the connections there too.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
+    /// ADS flavour: `delta` (incremental; falls back to state of the world
+    /// when the control plane does not serve it) or `sotw`.
+    #[arg(long, default_value = "delta")]
+    pub xds_protocol: XdsProtocol,
 }
 
 /// How traffic reaches the sidecar.
@@ -202,6 +206,7 @@ impl SidecarArgs {
             access_log: self.access_log,
             limits: Limits::default(),
             workers: self.concurrency,
+            xds_protocol: self.xds_protocol,
         })
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use isthmus_proxy_core::admin::{self, AdminServer};
-use isthmus_proxy_core::xds::{NodeInfo, PlaintextConnector, XdsClient, XdsOptions};
+use isthmus_proxy_core::xds::{NodeInfo, PlaintextConnector, XdsClient, XdsOptions, XdsProtocol};
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -83,6 +83,8 @@ pub struct Options {
     /// Worker threads that own the connections (Envoy's `--concurrency`);
     /// 0 runs connections on the runtime that calls [`start`].
     pub workers: usize,
+    /// The ADS flavour spoken with the control plane.
+    pub xds_protocol: XdsProtocol,
 }
 
 /// Why the sidecar could not start.
@@ -277,7 +279,6 @@ pub async fn start_with(
 ) -> Result<Running, RunError> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let registry = Arc::new(registry);
 
     // The drain is a child of shutdown: POST /drain drains without stopping
     // the xDS client and certificate renewal.
@@ -290,10 +291,15 @@ pub async fn start_with(
 
     let certs = CertManager::spawn(options.cert.clone(), shutdown.clone());
     let mut xds_options = XdsOptions::new(options.node.to_node());
+    xds_options.protocol = options.xds_protocol;
     xds_options.local_secrets.insert("default".into());
     let connector =
         PlaintextConnector::new(&options.control_plane).map_err(RunError::ControlPlane)?;
     let xds = XdsClient::spawn(xds_options, connector, shutdown.clone());
+    registry
+        .sub_registry_with_prefix("isthmus")
+        .register_collector(Box::new(xds.counters()));
+    let registry = Arc::new(registry);
 
     let app_ip = match &options.mode {
         Mode::Explicit { app_ip, .. } => *app_ip,

@@ -83,6 +83,14 @@ async fn mtls_call_reaches_the_app_with_the_callers_identity() {
         m.contains("destination_service=\"helloworld.sample.svc.cluster.local\""),
         "{m}"
     );
+    // The xDS client's state: connected over incremental xDS, nothing NACKed.
+    for line in [
+        "isthmus_xds_connected 1",
+        "isthmus_xds_incremental 1",
+        "isthmus_xds_nacks_total 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line}\n{m}");
+    }
     let m1 = get(&c, w.v1.admin(), "admin", "/metrics").await.body;
     let m2 = get(&c, w.v2.admin(), "admin", "/metrics").await.body;
     let both = format!("{m1}{m2}");

@@ -37,24 +37,47 @@ impl Resources {
     /// unique in the response, and pass [`validate`]. The first error rejects
     /// the whole response.
     pub fn decode(t: ResourceType, resources: &[Any]) -> Result<Self, ConfigError> {
+        Self::decode_items(
+            t,
+            resources.iter().enumerate().map(|(i, any)| (i, None, any)),
+        )
+    }
+
+    /// [`decode`](Self::decode) for incremental xDS, where each resource
+    /// travels with its name: `(index, name, resource)`; the name must be
+    /// the one inside the resource.
+    pub fn decode_named<'a>(
+        t: ResourceType,
+        resources: impl IntoIterator<Item = (usize, &'a str, &'a Any)>,
+    ) -> Result<Self, ConfigError> {
+        Self::decode_items(
+            t,
+            resources
+                .into_iter()
+                .map(|(i, name, any)| (i, Some(name), any)),
+        )
+    }
+
+    fn decode_items<'a>(
+        t: ResourceType,
+        items: impl IntoIterator<Item = (usize, Option<&'a str>, &'a Any)>,
+    ) -> Result<Self, ConfigError> {
         Ok(match t {
-            ResourceType::Cluster => Self::Clusters(decode_all(t, resources, |c: &Cluster| {
+            ResourceType::Cluster => Self::Clusters(decode_all(t, items, |c: &Cluster| {
                 (&c.name, validate::cluster(c))
             })?),
             ResourceType::Endpoint => {
-                Self::Endpoints(decode_all(t, resources, |e: &ClusterLoadAssignment| {
+                Self::Endpoints(decode_all(t, items, |e: &ClusterLoadAssignment| {
                     (&e.cluster_name, Ok(()))
                 })?)
             }
-            ResourceType::Listener => Self::Listeners(decode_all(t, resources, |l: &Listener| {
+            ResourceType::Listener => Self::Listeners(decode_all(t, items, |l: &Listener| {
                 (&l.name, validate::listener(l))
             })?),
-            ResourceType::Route => {
-                Self::Routes(decode_all(t, resources, |r: &RouteConfiguration| {
-                    (&r.name, validate::route(r))
-                })?)
-            }
-            ResourceType::Secret => Self::Secrets(decode_all(t, resources, |s: &Secret| {
+            ResourceType::Route => Self::Routes(decode_all(t, items, |r: &RouteConfiguration| {
+                (&r.name, validate::route(r))
+            })?),
+            ResourceType::Secret => Self::Secrets(decode_all(t, items, |s: &Secret| {
                 (&s.name, validate::secret(s))
             })?),
         })
@@ -99,14 +122,14 @@ impl Resources {
 }
 
 /// Decodes every `Any` as `M`; `check` returns the resource's name and its
-/// validation result.
-fn decode_all<M: Message + Default>(
+/// validation result. An item's name, when given, must match.
+fn decode_all<'a, M: Message + Default>(
     t: ResourceType,
-    resources: &[Any],
+    items: impl IntoIterator<Item = (usize, Option<&'a str>, &'a Any)>,
     check: impl Fn(&M) -> (&String, Result<(), String>),
 ) -> Result<BTreeMap<String, Arc<M>>, ConfigError> {
     let mut out = BTreeMap::new();
-    for (index, any) in resources.iter().enumerate() {
+    for (index, expected, any) in items {
         if any.type_url != t.type_url() {
             return Err(ConfigError::WrongTypeUrl {
                 kind: t,
@@ -122,6 +145,15 @@ fn decode_all<M: Message + Default>(
         let (name, valid) = check(&message);
         if name.is_empty() {
             return Err(ConfigError::EmptyName { kind: t, index });
+        }
+        if let Some(expected) = expected
+            && expected != name
+        {
+            return Err(ConfigError::Invalid {
+                kind: t,
+                name: expected.to_string(),
+                reason: format!("resources[{index}] carries a {t} named {name:?}"),
+            });
         }
         let name = name.clone();
         if let Err(reason) = valid {

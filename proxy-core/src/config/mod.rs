@@ -226,6 +226,36 @@ impl ProxyConfig {
         }
     }
 
+    /// Applies one accepted incremental (delta) response: every type is
+    /// updated resource by resource, and `removed` names are dropped.
+    pub fn apply_incremental(&mut self, resources: Resources, removed: &[String], version: String) {
+        fn merge<V>(map: &mut BTreeMap<String, V>, new: BTreeMap<String, V>, removed: &[String]) {
+            for name in removed {
+                map.remove(name);
+            }
+            map.extend(new);
+        }
+        self.versions.insert(resources.resource_type(), version);
+        match resources {
+            Resources::Clusters(c) => merge(&mut self.clusters, c, removed),
+            Resources::Listeners(l) => merge(&mut self.listeners, l, removed),
+            Resources::Endpoints(e) => merge(&mut self.endpoints, e, removed),
+            Resources::Routes(r) => merge(&mut self.routes, r, removed),
+            Resources::Secrets(s) => merge(&mut self.secrets, s, removed),
+        }
+    }
+
+    /// Whether a resource of type `t` named `name` is in the config.
+    pub fn contains(&self, t: ResourceType, name: &str) -> bool {
+        match t {
+            ResourceType::Cluster => self.clusters.contains_key(name),
+            ResourceType::Endpoint => self.endpoints.contains_key(name),
+            ResourceType::Listener => self.listeners.contains_key(name),
+            ResourceType::Route => self.routes.contains_key(name),
+            ResourceType::Secret => self.secrets.contains_key(name),
+        }
+    }
+
     /// Drops named resources that are no longer subscribed.
     pub fn retain(
         &mut self,

@@ -1,13 +1,14 @@
 //! The client task: connect, run one ADS stream, reconnect with backoff,
-//! until shutdown. The protocol lives in `state`; this file does the I/O,
-//! the timers and the publishing.
+//! until shutdown. The protocol lives in `state` (and the wire formats in
+//! `sotw` and `delta`); this file does the I/O, the timers and the
+//! publishing, and falls back to state of the world for good when the
+//! control plane does not serve incremental xDS.
 
 use std::future::pending;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -16,8 +17,10 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::connector::Connector;
-use super::state::{Outcome, State};
-use super::{XdsCounters, XdsError, XdsOptions, error_chain};
+use super::delta::Delta;
+use super::sotw::Sotw;
+use super::state::{Handled, Outcome, State};
+use super::{XdsCounters, XdsError, XdsOptions, XdsProtocol, error_chain};
 use crate::config::ProxyConfig;
 
 /// Where the client publishes.
@@ -34,6 +37,10 @@ pub(super) struct Runner {
     out: Outputs,
     shutdown: CancellationToken,
     state: State,
+    /// The protocol of the next stream.
+    protocol: XdsProtocol,
+    sotw: Sotw,
+    delta: Delta,
     /// When the first sync stops waiting for named resources.
     warm_deadline: Option<Instant>,
 }
@@ -59,11 +66,14 @@ impl Runner {
             options.local_secrets.clone(),
         );
         Self {
+            protocol: options.protocol,
             options,
             connector,
             out,
             shutdown,
             state,
+            sotw: Sotw::default(),
+            delta: Delta::default(),
             warm_deadline: None,
         }
     }
@@ -131,22 +141,79 @@ impl Runner {
             .max_decoding_message_size(self.options.max_message_size);
         // Unbounded: requests are few and small, and a full queue must never
         // stop this task from reading responses.
+        if self.protocol == XdsProtocol::Incremental {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for request in self.delta.start(&mut self.state) {
+                send(&tx, request);
+            }
+            match client
+                .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .await
+            {
+                Ok(responses) => {
+                    return self
+                        .serve(responses.into_inner(), established, |this, response| {
+                            let (type_url, version, nonce) = (
+                                response.type_url.clone(),
+                                response.system_version_info.clone(),
+                                response.nonce.clone(),
+                            );
+                            let handled = this.delta.on_response(&mut this.state, response);
+                            this.handled(handled, &tx, (type_url, version, nonce));
+                        })
+                        .await;
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    info!(
+                        reason = status.message(),
+                        "the control plane does not serve incremental xDS; using state of the world"
+                    );
+                    self.protocol = XdsProtocol::StateOfTheWorld;
+                }
+                Err(status) => return Err(XdsError::Open(status)),
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        for request in self.state.start_stream() {
+        for request in self.sotw.start(&mut self.state) {
             send(&tx, request);
         }
-        let mut responses = client
+        let responses = client
             .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
             .await
             .map_err(XdsError::Open)?
             .into_inner();
+        self.serve(responses, established, |this, response| {
+            let (type_url, version, nonce) = (
+                response.type_url.clone(),
+                response.version_info.clone(),
+                response.nonce.clone(),
+            );
+            let handled = this.sotw.on_response(&mut this.state, response);
+            this.handled(handled, &tx, (type_url, version, nonce));
+        })
+        .await
+    }
+
+    /// Reads an open stream's responses (and runs the warming timer) until
+    /// the stream fails or ends.
+    async fn serve<R>(
+        &mut self,
+        mut responses: tonic::Streaming<R>,
+        established: &mut Option<Instant>,
+        mut on_response: impl FnMut(&mut Self, R),
+    ) -> Result<(), XdsError> {
         *established = Some(Instant::now());
-        self.out.counters.connected.store(true, Ordering::Relaxed);
-        info!("ADS stream open");
+        let counters = &self.out.counters;
+        counters.state_of_the_world.store(
+            self.protocol == XdsProtocol::StateOfTheWorld,
+            Ordering::Relaxed,
+        );
+        counters.connected.store(true, Ordering::Relaxed);
+        info!(protocol = self.protocol.name(), "ADS stream open");
         loop {
             tokio::select! {
                 message = responses.message() => match message.map_err(XdsError::Stream)? {
-                    Some(response) => self.on_response(response, &tx),
+                    Some(response) => on_response(self, response),
                     None => return Err(XdsError::Closed),
                 },
                 () = deadline(self.warm_deadline) => self.warm_timeout(),
@@ -154,17 +221,15 @@ impl Runner {
         }
     }
 
-    fn on_response(
+    /// Sends what handling a response produced and acts on its outcome;
+    /// `about` is the response's type URL, version and nonce, for logs.
+    fn handled<Q>(
         &mut self,
-        response: DiscoveryResponse,
-        tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+        handled: Handled<Q>,
+        tx: &mpsc::UnboundedSender<Q>,
+        about: (String, String, String),
     ) {
-        let (type_url, version, nonce) = (
-            response.type_url.clone(),
-            response.version_info.clone(),
-            response.nonce.clone(),
-        );
-        let handled = self.state.on_response(response);
+        let (type_url, version, nonce) = about;
         for request in handled.requests {
             send(tx, request);
         }
@@ -218,7 +283,7 @@ impl Runner {
 }
 
 /// Queues a request; a closed stream is noticed on the response side.
-fn send(tx: &mpsc::UnboundedSender<DiscoveryRequest>, request: DiscoveryRequest) {
+fn send<Q>(tx: &mpsc::UnboundedSender<Q>, request: Q) {
     let _ = tx.send(request);
 }
 

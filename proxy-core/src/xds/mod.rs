@@ -2,15 +2,18 @@
 //! backoff, feeding a validated [`ProxyConfig`] to the data plane.
 //!
 //! Data path: [`Connector`] (a gRPC channel) → `client` (the stream, the
-//! reconnect loop, the warming timer) → `state` (subscriptions, ACK/NACK,
-//! warming, no I/O) → a `watch` channel of `Arc<ProxyConfig>`, swapped
-//! atomically. The published value is never cleared: while the control
+//! reconnect loop, the warming timer) → `delta` or `sotw` (the wire format
+//! of incremental or state-of-the-world ADS) → `state` (subscriptions,
+//! accepting, warming; no I/O) → a `watch` channel of `Arc<ProxyConfig>`,
+//! swapped atomically. The published value is never cleared: while the control
 //! plane is away the proxy runs on the last good config (static stability).
 
 mod backoff;
 mod client;
 mod connector;
+mod delta;
 mod node;
+mod sotw;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -23,6 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,9 +41,48 @@ pub use node::{NodeInfo, NodeRole};
 
 use crate::config::ProxyConfig;
 
+/// The ADS flavour a client speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdsProtocol {
+    /// `DeltaAggregatedResources`: only what changed travels, in both
+    /// directions (Istio's default). A control plane that answers
+    /// `UNIMPLEMENTED` gets state of the world instead, for good.
+    #[default]
+    Incremental,
+    /// `StreamAggregatedResources`: every response of a wildcard type is
+    /// the complete set.
+    StateOfTheWorld,
+}
+
+impl XdsProtocol {
+    /// `"delta"` or `"sotw"`, as `/debug/syncz` of the control plane says.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Incremental => "delta",
+            Self::StateOfTheWorld => "sotw",
+        }
+    }
+}
+
+impl std::str::FromStr for XdsProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "delta" => Ok(Self::Incremental),
+            "sotw" => Ok(Self::StateOfTheWorld),
+            other => Err(format!(
+                "unknown xDS protocol {other:?} (expected delta or sotw)"
+            )),
+        }
+    }
+}
+
 /// How the client behaves.
 #[derive(Clone, Debug)]
 pub struct XdsOptions {
+    /// Incremental (the default) or state-of-the-world ADS.
+    pub protocol: XdsProtocol,
     /// Sent on the first request of every stream: who this proxy is (see
     /// [`NodeInfo::to_node`]).
     pub node: Node,
@@ -59,10 +105,12 @@ pub struct XdsOptions {
 }
 
 impl XdsOptions {
-    /// Defaults for `node`: backoff 100 ms → 15 s, connect timeout 10 s,
-    /// initial fetch timeout 15 s, 64 MiB messages, no extra or local secrets.
+    /// Defaults for `node`: incremental xDS, backoff 100 ms → 15 s,
+    /// connect timeout 10 s, initial fetch timeout 15 s, 64 MiB messages,
+    /// no extra or local secrets.
     pub fn new(node: Node) -> Self {
         Self {
+            protocol: XdsProtocol::default(),
             node,
             extra_secrets: BTreeSet::new(),
             local_secrets: BTreeSet::new(),
@@ -123,6 +171,7 @@ pub struct XdsCounters {
     nacks_sent: AtomicU64,
     reconnects: AtomicU64,
     connected: AtomicBool,
+    state_of_the_world: AtomicBool,
 }
 
 /// A snapshot of [`XdsCounters`].
@@ -136,6 +185,8 @@ pub struct XdsStats {
     pub reconnects: u64,
     /// Whether an ADS stream is open now.
     pub connected: bool,
+    /// The protocol of the open (or the last) stream.
+    pub protocol: XdsProtocol,
 }
 
 impl XdsCounters {
@@ -146,11 +197,57 @@ impl XdsCounters {
             nacks_sent: self.nacks_sent.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
+            protocol: if self.state_of_the_world.load(Ordering::Relaxed) {
+                XdsProtocol::StateOfTheWorld
+            } else {
+                XdsProtocol::Incremental
+            },
         }
     }
 
     fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Scraped as `xds_connected`, `xds_incremental` (gauges, 0 or 1),
+/// `xds_updates_accepted_total`, `xds_nacks_total` and
+/// `xds_reconnects_total`, under the registry's prefix.
+impl Collector for XdsCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = self.snapshot();
+        for (name, help, value) in [
+            (
+                "xds_connected",
+                "Whether the ADS stream to the control plane is open",
+                stats.connected,
+            ),
+            (
+                "xds_incremental",
+                "Whether the open (or last) ADS stream is incremental (delta) xDS",
+                stats.protocol == XdsProtocol::Incremental,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::from(value));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        for (name, help, value) in [
+            (
+                "xds_updates_accepted",
+                "xDS responses accepted (ACKed)",
+                stats.updates_accepted,
+            ),
+            ("xds_nacks", "xDS responses rejected (NACKed)", stats.nacks_sent),
+            (
+                "xds_reconnects",
+                "Connection attempts to the control plane after the first",
+                stats.reconnects,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,50 +1,56 @@
-//! The client side of state-of-the-world ADS, without I/O: what to request,
-//! whether a response is accepted, and when the config is consistent enough
-//! to publish.
+//! The client side of ADS without I/O and without the wire format: what the
+//! proxy subscribes to, whether an update is accepted, and when the config
+//! is consistent enough to publish. `sotw` and `delta` turn this into
+//! requests and read responses of their protocol.
 //!
 //! - A stream starts with CDS and LDS (wildcard), then EDS, RDS and SDS for
-//!   the names the last good config references; the first request carries
-//!   the node, every request the type's last accepted `version_info`.
-//! - A response is decoded and validated whole. Accepted: applied, the
-//!   named subscriptions it changes are requested (before the ACK, as Envoy
-//!   does, so the server sees the new names first), then it is ACKed with
-//!   its version and nonce. Rejected: NACKed with the previous version, the
-//!   response's nonce and `error_detail`; the config does not change.
+//!   the names the last good config references.
+//! - An update is decoded and validated whole (by the protocol module).
+//!   Accepted: applied, and the named subscriptions it changes are
+//!   requested (before the ACK, as Envoy does, so the server sees the new
+//!   names first). Rejected: NACKed; the config does not change.
 //! - A named resource (EDS, RDS, SDS) never requested on the stream is an
 //!   error; one requested earlier but since dropped answers an old
 //!   subscription and is ignored.
 //! - Warming: nothing is published until CDS and LDS arrived and every
 //!   route, endpoint and subscribed secret they reference is in (or the
 //!   caller gives up waiting, see [`State::force_sync`]). After that every
-//!   accepted response is published.
+//!   accepted update is published.
 
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::{ConfigError, Missing, ProxyConfig, ResourceType, Resources};
 
-/// Subscription and stream state of one type.
+/// Subscription state of one type.
 #[derive(Debug, Default)]
 struct TypeState {
     /// Names subscribed to (named types only).
     names: BTreeSet<String>,
     /// Every name requested on the current stream.
     requested: BTreeSet<String>,
-    /// Nonce of the last response on the current stream.
-    nonce: String,
 }
 
-/// What handling one response produced.
+/// What handling one response produced, in a protocol's request type.
 #[derive(Debug)]
-pub(super) struct Handled {
+pub(super) struct Handled<R> {
     /// Requests to send, in order.
-    pub(super) requests: Vec<DiscoveryRequest>,
+    pub(super) requests: Vec<R>,
     /// What happened to the response.
     pub(super) outcome: Outcome,
+}
+
+impl<R> Handled<R> {
+    /// A response of a type this client does not subscribe to.
+    pub(super) fn ignored() -> Self {
+        Self {
+            requests: Vec::new(),
+            outcome: Outcome::Ignored,
+        }
+    }
 }
 
 /// The fate of one response.
@@ -56,6 +62,27 @@ pub(super) enum Outcome {
     Rejected(ConfigError),
     /// Not a type this client subscribes to.
     Ignored,
+}
+
+/// The resources of one response, as its protocol means them.
+#[derive(Debug)]
+pub(super) enum Update {
+    /// State of the world: for wildcard types the complete set, for named
+    /// types the subscribed resources that changed.
+    Whole(Resources),
+    /// Incremental: resources added or changed, and names removed.
+    Incremental {
+        resources: Resources,
+        removed: Vec<String>,
+    },
+}
+
+/// An accepted update: whether to publish, and the named types whose
+/// subscriptions it changed (to request, in order, before the ACK).
+#[derive(Debug)]
+pub(super) struct Accepted {
+    pub(super) publish: bool,
+    pub(super) resubscribe: Vec<ResourceType>,
 }
 
 /// The xDS protocol state of one client, across streams.
@@ -121,58 +148,45 @@ impl State {
         self.missing()
     }
 
-    /// The requests that open a new stream: every type with something to
-    /// subscribe to, CDS and LDS always.
-    pub(super) fn start_stream(&mut self) -> Vec<DiscoveryRequest> {
+    /// Starts a new stream: every subscribed name counts as requested
+    /// again, the node goes with the next request. Returns the types to
+    /// subscribe to, in order: every type with something to subscribe to,
+    /// CDS and LDS always.
+    pub(super) fn start_stream(&mut self) -> Vec<ResourceType> {
         self.node_sent = false;
         for t in &mut self.types {
-            t.nonce.clear();
             t.requested = t.names.clone();
         }
-        let types: Vec<ResourceType> = ResourceType::ALL
+        ResourceType::ALL
             .into_iter()
             .filter(|t| t.is_wildcard() || !self.state(*t).names.is_empty())
-            .collect();
-        types.into_iter().map(|t| self.request(t, None)).collect()
+            .collect()
     }
 
-    /// Handles one response: applies or rejects it and says what to send.
-    pub(super) fn on_response(&mut self, response: DiscoveryResponse) -> Handled {
-        let Some(t) = ResourceType::from_type_url(&response.type_url) else {
-            warn!(
-                type_url = response.type_url,
-                "ignoring a response of a type the proxy does not subscribe to"
-            );
-            return Handled {
-                requests: Vec::new(),
-                outcome: Outcome::Ignored,
-            };
-        };
-        self.state_mut(t).nonce = response.nonce.clone();
-        match self.accept(t, &response) {
-            Ok(mut requests) => {
-                requests.push(self.request(t, None));
-                let publish = self.synced || self.try_sync();
-                Handled {
-                    requests,
-                    outcome: Outcome::Accepted { publish },
-                }
-            }
-            Err(error) => Handled {
-                requests: vec![self.request(t, Some(&error))],
-                outcome: Outcome::Rejected(error),
-            },
-        }
+    /// The node, for the first request of a stream only.
+    pub(super) fn node_once(&mut self) -> Option<Node> {
+        let node = (!self.node_sent).then(|| self.node.clone());
+        self.node_sent = true;
+        node
     }
 
-    /// Decodes, checks and applies a response; returns the subscription
-    /// requests it causes.
-    fn accept(
+    /// The names subscribed to for a named type (empty for wildcards).
+    pub(super) fn names(&self, t: ResourceType) -> &BTreeSet<String> {
+        &self.state(t).names
+    }
+
+    /// Checks and applies an update of type `t` with the response's
+    /// `version`; says whether to publish and which subscriptions changed.
+    pub(super) fn apply(
         &mut self,
         t: ResourceType,
-        response: &DiscoveryResponse,
-    ) -> Result<Vec<DiscoveryRequest>, ConfigError> {
-        let mut resources = Resources::decode(t, &response.resources)?;
+        update: Update,
+        version: String,
+    ) -> Result<Accepted, ConfigError> {
+        let (mut resources, removed) = match update {
+            Update::Whole(resources) => (resources, None),
+            Update::Incremental { resources, removed } => (resources, Some(removed)),
+        };
         if !t.is_wildcard() {
             let state = self.state(t);
             if let Some(name) = resources
@@ -184,18 +198,16 @@ impl State {
             }
             resources.retain(|n| state.names.contains(n));
         }
-        debug!(
-            type_url = t.type_url(),
-            version = response.version_info,
-            resources = response.resources.len(),
-            "accepted"
-        );
-        self.config.apply(resources, response.version_info.clone());
+        debug!(type_url = t.type_url(), version, "accepted");
+        match removed {
+            None => self.config.apply(resources, version),
+            Some(removed) => self.config.apply_incremental(resources, &removed, version),
+        }
         let routes = self.config.route_names();
         let endpoints = self.config.endpoint_names();
         let secrets = self.wanted_secrets();
         self.config.retain(&routes, &endpoints, &secrets);
-        let mut requests = Vec::new();
+        let mut resubscribe = Vec::new();
         for (dep, names) in [
             (ResourceType::Endpoint, endpoints),
             (ResourceType::Route, routes),
@@ -210,10 +222,14 @@ impl State {
                 );
                 state.requested.extend(names.iter().cloned());
                 state.names = names;
-                requests.push(self.request(dep, None));
+                resubscribe.push(dep);
             }
         }
-        Ok(requests)
+        let publish = self.synced || self.try_sync();
+        Ok(Accepted {
+            publish,
+            resubscribe,
+        })
     }
 
     /// Marks the first sync done when nothing is missing.
@@ -236,36 +252,20 @@ impl State {
         names
     }
 
-    /// A request for `t`: an ACK (or NACK with `error`) of the last response,
-    /// or a new subscription.
-    fn request(&mut self, t: ResourceType, error: Option<&ConfigError>) -> DiscoveryRequest {
-        let node = (!self.node_sent).then(|| self.node.clone());
-        self.node_sent = true;
-        let state = self.state(t);
-        DiscoveryRequest {
-            version_info: self.config.version(t).unwrap_or_default().to_string(),
-            node,
-            resource_names: if t.is_wildcard() {
-                Vec::new()
-            } else {
-                state.names.iter().cloned().collect()
-            },
-            type_url: t.type_url().to_string(),
-            response_nonce: state.nonce.clone(),
-            error_detail: error.map(|e| Status {
-                code: tonic::Code::InvalidArgument as i32,
-                message: e.to_string(),
-                details: Vec::new(),
-            }),
-            ..DiscoveryRequest::default()
-        }
-    }
-
     fn state(&self, t: ResourceType) -> &TypeState {
         &self.types[t as usize]
     }
 
     fn state_mut(&mut self, t: ResourceType) -> &mut TypeState {
         &mut self.types[t as usize]
+    }
+}
+
+/// The `error_detail` of a NACK.
+pub(super) fn error_detail(error: &ConfigError) -> Status {
+    Status {
+        code: tonic::Code::InvalidArgument as i32,
+        message: error.to_string(),
+        details: Vec::new(),
     }
 }

@@ -16,7 +16,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use isthmus_control_plane::run::{Options, RunError, Source, start};
 use isthmus_control_plane::xds::{ProxyInfo, ProxyRole};
 use isthmus_proxy_core::ProxyConfig;
-use isthmus_proxy_core::xds::{BackoffConfig, PlaintextConnector, XdsClient, XdsOptions};
+use isthmus_proxy_core::xds::{
+    BackoffConfig, PlaintextConnector, XdsClient, XdsOptions, XdsProtocol,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +108,10 @@ impl ConfigDir {
 
     pub fn write(&self, file: &str, contents: &str) {
         std::fs::write(self.config.join(file), contents).unwrap();
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.config.join(file)).unwrap();
     }
 }
 
@@ -217,9 +223,10 @@ pub fn sidecar_node() -> Node {
 }
 
 /// Client options for tests: the sidecar node, `default` served locally,
-/// fast backoff.
-pub fn options() -> XdsOptions {
+/// fast backoff, `protocol`.
+pub fn options(protocol: XdsProtocol) -> XdsOptions {
     let mut options = XdsOptions::new(sidecar_node());
+    options.protocol = protocol;
     options.local_secrets = ["default".to_string()].into();
     options.backoff = BackoffConfig {
         initial: Duration::from_millis(50),

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use isthmus_api::naming::Locality;
 use isthmus_control_plane::run::{Options as CpOptions, Source};
-use isthmus_proxy_core::xds::{NodeInfo, NodeRole};
+use isthmus_proxy_core::xds::{NodeInfo, NodeRole, XdsProtocol};
 use isthmus_sidecar::identity::CertSource;
 use isthmus_sidecar::run::{Hooks, Mode, Options, Running};
 use isthmus_sidecar::server::Limits;
@@ -200,6 +200,7 @@ impl Mesh {
             access_log: false,
             limits: spec.limits,
             workers: spec.workers,
+            xds_protocol: spec.xds_protocol,
         }
     }
 
@@ -245,6 +246,8 @@ pub struct Spec {
     pub hooks: Hooks,
     /// Worker threads owning the connections (`--concurrency`).
     pub workers: usize,
+    /// The ADS flavour (the default is incremental).
+    pub xds_protocol: XdsProtocol,
 }
 
 impl Spec {
@@ -265,6 +268,7 @@ impl Spec {
             hooks: Hooks::default(),
             // As the binary runs by default: connections on two workers.
             workers: 2,
+            xds_protocol: XdsProtocol::default(),
         }
     }
 }

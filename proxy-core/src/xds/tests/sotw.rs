@@ -1,25 +1,53 @@
-//! The protocol state machine, without I/O.
+//! State-of-the-world ADS, without I/O.
 
 use std::collections::BTreeSet;
+use std::ops::{Deref, DerefMut};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 
-use super::state::{Outcome, State};
+use super::{accepted, new_state};
 use crate::config::tests::fixtures::*;
 use crate::config::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceType, SECRET};
+use crate::xds::sotw::Sotw;
+use crate::xds::state::{Handled, Outcome, State};
 
-fn state() -> State {
-    State::new(
-        Node {
-            id: "sidecar~127.0.0.1~sleep.sample~sample.svc.cluster.local".into(),
-            ..Node::default()
-        },
-        BTreeSet::new(),
-        ["default".to_string()].into(),
-    )
+/// The protocol state and the state-of-the-world wire, as the client has them.
+struct Client {
+    state: State,
+    sotw: Sotw,
+}
+
+impl Client {
+    fn start_stream(&mut self) -> Vec<DiscoveryRequest> {
+        self.sotw.start(&mut self.state)
+    }
+
+    fn on_response(&mut self, response: DiscoveryResponse) -> Handled<DiscoveryRequest> {
+        self.sotw.on_response(&mut self.state, response)
+    }
+}
+
+impl Deref for Client {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+fn state() -> Client {
+    Client {
+        state: new_state(),
+        sotw: Sotw::default(),
+    }
 }
 
 fn response(type_url: &str, version: &str, nonce: &str, resources: Vec<Any>) -> DiscoveryResponse {
@@ -66,15 +94,8 @@ fn req(
     )
 }
 
-fn accepted(outcome: &Outcome) -> bool {
-    match outcome {
-        Outcome::Accepted { publish } => *publish,
-        other => panic!("expected an accepted response, got {other:?}"),
-    }
-}
-
 /// Brings a fresh state through a first sync: one EDS cluster, one HTTP listener.
-fn synced() -> State {
+fn synced() -> Client {
     let mut s = state();
     s.start_stream();
     s.on_response(response(
@@ -117,11 +138,14 @@ fn a_stream_starts_with_wildcard_cds_and_lds_and_the_node_once() {
     assert!(requests[0].node.is_some());
     assert!(requests[1].node.is_none());
 
-    let mut with_extra = State::new(
-        Node::default(),
-        ["extra".to_string()].into(),
-        BTreeSet::new(),
-    );
+    let mut with_extra = Client {
+        state: State::new(
+            Node::default(),
+            ["extra".to_string()].into(),
+            BTreeSet::new(),
+        ),
+        sotw: Sotw::default(),
+    };
     let requests = with_extra.start_stream();
     assert_eq!(
         summary(&requests),
