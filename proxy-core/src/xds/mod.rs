@@ -237,7 +237,11 @@ impl Collector for XdsCounters {
                 "xDS responses accepted (ACKed)",
                 stats.updates_accepted,
             ),
-            ("xds_nacks", "xDS responses rejected (NACKed)", stats.nacks_sent),
+            (
+                "xds_nacks",
+                "xDS responses rejected (NACKed)",
+                stats.nacks_sent,
+            ),
             (
                 "xds_reconnects",
                 "Connection attempts to the control plane after the first",
@@ -245,7 +249,12 @@ impl Collector for XdsCounters {
             ),
         ] {
             let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
         Ok(())
     }
