@@ -13,8 +13,8 @@ use isthmus_proxy_core::xds::XdsProtocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::{
-    ConfigSource, DEFAULT_ADMIN_PORT, DEFAULT_PORT, DEFAULT_ZERO_COPY, Error, Options,
-    gateway_node, start,
+    ConfigSource, DEFAULT_ADMIN_PORT, DEFAULT_PIPE_SIZE, DEFAULT_PORT, DEFAULT_ZERO_COPY, Error,
+    Options, gateway_node, start,
 };
 
 /// Arguments of the gateway.
@@ -54,10 +54,13 @@ pub struct GatewayArgs {
     /// Connections with no traffic either way for this long are closed.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Bytes in flight per direction: the pipe's size with --zero-copy on,
-    /// the copy's buffer with off.
+    /// Bytes in flight per direction with --zero-copy off: the copy's buffer.
     #[arg(long, default_value_t = DEFAULT_BUFFER_SIZE)]
     pub buffer_size: usize,
+    /// Bytes in flight per direction with --zero-copy on: the pipe's size
+    /// (rounded up by the kernel to a power of two pages).
+    #[arg(long, default_value_t = DEFAULT_PIPE_SIZE)]
+    pub pipe_size: usize,
     /// Move bytes with splice(2) through a pipe per direction (on, Linux)
     /// or through user-space buffers (off).
     #[arg(long, value_enum, default_value_t = Switch::from(DEFAULT_ZERO_COPY))]
@@ -107,7 +110,7 @@ impl GatewayArgs {
     ///
     /// # Errors
     /// A `--locality` that is not `region[/zone[/subzone]]`, a zero
-    /// `--buffer-size`.
+    /// `--buffer-size` or `--pipe-size`.
     pub fn options(&self) -> Result<Options, ArgsError> {
         let locality = if self.locality.is_empty() {
             Locality::default()
@@ -118,12 +121,17 @@ impl GatewayArgs {
                 reason: format!("{e}"),
             })?
         };
-        if self.buffer_size == 0 {
-            return Err(ArgsError {
-                flag: "--buffer-size",
-                value: "0".into(),
-                reason: "must be at least 1 byte".into(),
-            });
+        for (flag, size) in [
+            ("--buffer-size", self.buffer_size),
+            ("--pipe-size", self.pipe_size),
+        ] {
+            if size == 0 {
+                return Err(ArgsError {
+                    flag,
+                    value: "0".into(),
+                    reason: "must be at least 1 byte".into(),
+                });
+            }
         }
         let mut options = Options::new(
             gateway_node(&self.cluster, &self.network, locality),
@@ -140,6 +148,7 @@ impl GatewayArgs {
             idle_timeout: Some(self.idle_timeout),
         };
         options.zero_copy = self.zero_copy == Switch::On;
+        options.pipe_size = self.pipe_size;
         options.drain_grace = self.drain_grace;
         options.xds_protocol = self.xds_protocol;
         Ok(options)

@@ -31,7 +31,8 @@ pub(crate) struct Settings {
     pub max_connections_per_service: usize,
     pub connect_attempts: usize,
     pub splice: SpliceConfig,
-    pub zero_copy: bool,
+    /// `splice(2)` through pipes of this size; `None` copies.
+    pub zero_copy: Option<usize>,
 }
 
 /// What every connection task shares.

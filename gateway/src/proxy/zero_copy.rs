@@ -1,7 +1,7 @@
 //! `splice(2)` between the client and upstream sockets: bytes go socket →
 //! pipe → socket inside the kernel, never through a user-space buffer
-//! (what HAProxy does with `option splice-auto`). One pipe per direction,
-//! sized like the copy's buffer, driven by tokio's readiness of each socket;
+//! (what HAProxy does with `option splice-auto`). One pipe per direction
+//! (64 KiB by default, as HAProxy's), driven by tokio's readiness of each socket;
 //! the rest (both directions in one task, idle timer, counters, errors) is
 //! `proxy-core`'s [`splice_with`].
 //!
@@ -14,8 +14,9 @@ use isthmus_proxy_core::transport::{SpliceConfig, SpliceError, SpliceStats, Tran
 use tokio::net::TcpStream;
 
 /// Moves bytes both ways between `client` and `server` until both closed,
-/// the idle timeout, or an error: with `splice(2)` if `zero_copy` and the
-/// system allows, else with the user-space copy.
+/// the idle timeout, or an error: with `splice(2)` through pipes of
+/// `zero_copy` bytes if given and the system allows, else with the
+/// user-space copy (buffers of `config.buffer_size`).
 ///
 /// # Errors
 /// The first I/O error, naming the side (see [`SpliceError`]).
@@ -23,15 +24,15 @@ pub(crate) async fn splice_sockets<T: Transfer + ?Sized>(
     client: &mut TcpStream,
     server: &mut TcpStream,
     config: &SpliceConfig,
-    zero_copy: bool,
+    zero_copy: Option<usize>,
     observer: &T,
 ) -> Result<SpliceStats, SpliceError> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if zero_copy {
+    if let Some(pipe_size) = zero_copy {
         use isthmus_proxy_core::transport::splice_with;
         match (
-            pipe::PipePump::new(config.buffer_size),
-            pipe::PipePump::new(config.buffer_size),
+            pipe::PipePump::new(pipe_size),
+            pipe::PipePump::new(pipe_size),
         ) {
             (Ok(up), Ok(down)) => {
                 return splice_with(client, server, up, down, config.idle_timeout, observer).await;
