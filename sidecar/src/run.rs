@@ -392,6 +392,7 @@ pub async fn start_with(
 
     // The state task: rebuild on config or certificate change.
     let mut config_rx = xds.config();
+    let mut xds_ready_rx = xds.ready_watch();
     let mut creds_rx = certs.watch();
     let mode = options.mode.clone();
     let grace = options.drain_grace;
@@ -400,8 +401,11 @@ pub async fn start_with(
         let mut builder = Builder::new(app_ip);
         let mut bound = Bound::default();
         let drain_task = tokio::spawn(drain.clone().run(grace));
-        let (mut config_open, mut creds_open) = (true, true);
+        let (mut config_open, mut creds_open, mut xds_open) = (true, true, true);
         loop {
+            // Readiness first: once true, the config read after it is the
+            // complete one (the client publishes the config, then ready).
+            let xds_ready = *xds_ready_rx.borrow_and_update();
             let config = config_rx.borrow_and_update().clone();
             let creds = creds_rx.borrow_and_update().clone();
             let snapshot = Arc::new(builder.build(config, creds.clone()));
@@ -416,7 +420,7 @@ pub async fn start_with(
                     .reconcile(&p, &snapshot, outbound.ip(), *inbound_ip, &drain)
                     .await;
             }
-            let is_ready = xds.is_ready() && creds.is_some();
+            let is_ready = xds_ready && creds.is_some();
             ready_tx.send_if_modified(|r| std::mem::replace(r, is_ready) != is_ready);
             // A source that ended (shutdown) keeps its last value; only the
             // drain ends this loop.
@@ -424,6 +428,7 @@ pub async fn start_with(
                 () = drain.token.cancelled() => break,
                 r = config_rx.changed(), if config_open => config_open = r.is_ok(),
                 r = creds_rx.changed(), if creds_open => creds_open = r.is_ok(),
+                r = xds_ready_rx.changed(), if xds_open => xds_open = r.is_ok(),
             }
         }
         let _ = drain_task.await;

@@ -315,6 +315,13 @@ impl XdsClient {
         self.config.borrow().clone()
     }
 
+    /// Whether the first complete config was published, as a watch. It
+    /// turns true only after that config is in [`config`](Self::config):
+    /// read this first, then the config, and the config is complete.
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
     /// Whether the first complete config was published.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
