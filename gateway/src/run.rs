@@ -382,6 +382,12 @@ async fn keep_routes(
 ) {
     let mut config_changed = true;
     loop {
+        // Readiness is read before the config it vouches for: the client
+        // publishes the complete config, then turns ready, so a `true` read
+        // first means the config read next is at least that complete one
+        // (read the other way round, a publish in between would report the
+        // previous, incomplete table as ready).
+        let is_ready = *xds_ready.borrow_and_update();
         if config_changed {
             let current = config.borrow_and_update().clone();
             let name = listener.resolve(&current);
@@ -392,7 +398,6 @@ async fn keep_routes(
             tracing::info!(snis = table.len(), "routes updated");
             routes.send_replace(Arc::new(table));
         }
-        let is_ready = *xds_ready.borrow_and_update();
         ready.send_if_modified(|r| std::mem::replace(r, is_ready) != is_ready);
         tokio::select! {
             () = stop.cancelled() => return,
