@@ -2,6 +2,7 @@
 //! rotation it holds the old and the new root, and chains to either are accepted.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rustls::DistinguishedName;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
@@ -27,8 +28,12 @@ pub enum BundleError {
 }
 
 /// Root certificates trusted for workload certificates, in PEM and as webpki trust anchors.
+/// Cloning shares them: every TLS configuration of a proxy (one per set of expected peer
+/// identities) holds the same copy.
 #[derive(Clone)]
-pub struct TrustBundle {
+pub struct TrustBundle(Arc<Roots>);
+
+struct Roots {
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
 }
@@ -50,7 +55,7 @@ impl TrustBundle {
         if roots.is_empty() {
             return Err(BundleError::Pem("no root certificate".to_owned()));
         }
-        let mut bundle = Self {
+        let mut bundle = Roots {
             roots: Vec::with_capacity(roots.len()),
             anchors: Vec::with_capacity(roots.len()),
         };
@@ -75,34 +80,38 @@ impl TrustBundle {
             bundle.anchors.push(anchor);
             bundle.roots.push(root);
         }
-        Ok(bundle)
+        Ok(Self(Arc::new(bundle)))
     }
 
     /// The union of two bundles (e.g. this cluster's roots and a peer's during rotation).
     pub fn merged(&self, other: &TrustBundle) -> TrustBundle {
-        let mut merged = self.clone();
-        for (root, anchor) in other.roots.iter().zip(&other.anchors) {
+        let mut merged = Roots {
+            roots: self.0.roots.clone(),
+            anchors: self.0.anchors.clone(),
+        };
+        for (root, anchor) in other.0.roots.iter().zip(&other.0.anchors) {
             if !merged.roots.contains(root) {
                 merged.roots.push(root.clone());
                 merged.anchors.push(anchor.clone());
             }
         }
-        merged
+        Self(Arc::new(merged))
     }
 
     /// The root certificates, in DER.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
-        &self.roots
+        &self.0.roots
     }
 
     /// The roots as concatenated PEM blocks (what `root-cert.pem` holds).
     pub fn to_pem(&self) -> String {
-        pem::encode_certs(&self.roots)
+        pem::encode_certs(&self.0.roots)
     }
 
     /// Each root as its own PEM block.
     pub fn root_pems(&self) -> Vec<String> {
-        self.roots
+        self.0
+            .roots
             .iter()
             .map(|root| pem::encode_cert(root))
             .collect()
@@ -110,26 +119,30 @@ impl TrustBundle {
 
     /// Whether `der` is one of the roots.
     pub fn contains(&self, der: &CertificateDer<'_>) -> bool {
-        self.roots.iter().any(|root| root.as_ref() == der.as_ref())
+        self.0
+            .roots
+            .iter()
+            .any(|root| root.as_ref() == der.as_ref())
     }
 
     /// How many roots the bundle holds (never zero).
     pub fn len(&self) -> usize {
-        self.roots.len()
+        self.0.roots.len()
     }
 
     /// Always `false`: a bundle holds at least one root.
     pub fn is_empty(&self) -> bool {
-        self.roots.is_empty()
+        self.0.roots.is_empty()
     }
 
     pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
-        &self.anchors
+        &self.0.anchors
     }
 
     /// Root subjects, sent as certificate-authority hints in a TLS `CertificateRequest`.
     pub(crate) fn subjects(&self) -> Vec<DistinguishedName> {
-        self.anchors
+        self.0
+            .anchors
             .iter()
             .map(|anchor| DistinguishedName::in_sequence(anchor.subject.as_ref()))
             .collect()
@@ -139,7 +152,7 @@ impl TrustBundle {
 impl fmt::Debug for TrustBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let subjects: Vec<String> = self
-            .roots
+            .roots()
             .iter()
             .map(|root| cert::parse(root).map_or_else(|e| e, |c| c.subject().to_string()))
             .collect();

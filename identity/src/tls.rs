@@ -11,10 +11,12 @@
 mod verifier;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use isthmus_api::naming::SpiffeId;
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -126,8 +128,12 @@ impl fmt::Debug for WorkloadCert {
     }
 }
 
+/// ring's provider, one for the process (every configuration shares it).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A server configuration for inbound mTLS: presents `cert`, requires a client certificate
@@ -155,10 +161,61 @@ pub fn client_config(
     roots: &TrustBundle,
     expected_server: impl IntoIterator<Item = SpiffeId>,
 ) -> Result<ClientConfig, TlsError> {
-    let verifier = Arc::new(SpiffeServerVerifier::new(roots.clone(), expected_server));
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?)
+    ClientTls::new(cert, roots)?.config(expected_server)
+}
+
+/// What every outbound mTLS configuration of one workload certificate and trust bundle
+/// shares: the parsed signing key with its chain, the roots and the crypto provider. A
+/// sidecar needs one configuration per set of expected server identities (one per
+/// service); built from a `ClientTls`, each costs its verifier's identity set and not a
+/// copy of the key, the chain and the roots.
+#[derive(Clone)]
+pub struct ClientTls {
+    provider: Arc<CryptoProvider>,
+    cert: Arc<dyn ResolvesClientCert>,
+    roots: TrustBundle,
+}
+
+impl ClientTls {
+    /// Parses `cert`'s key once for every configuration built from the result.
+    ///
+    /// # Errors
+    /// If rustls rejects the certificate or key.
+    pub fn new(cert: &WorkloadCert, roots: &TrustBundle) -> Result<Self, TlsError> {
+        let provider = provider();
+        let key = CertifiedKey::from_der(cert.chain.clone(), cert.key.clone_key(), &provider)?;
+        Ok(Self {
+            provider,
+            cert: Arc::new(SingleCertAndKey::from(key)),
+            roots: roots.clone(),
+        })
+    }
+
+    /// A client configuration accepting only a server whose SPIFFE ID is one of
+    /// `expected_server` (see [`client_config`]).
+    ///
+    /// # Errors
+    /// If rustls refuses the provider's protocol versions (it does not with ours).
+    pub fn config(
+        &self,
+        expected_server: impl IntoIterator<Item = SpiffeId>,
+    ) -> Result<ClientConfig, TlsError> {
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            self.roots.clone(),
+            expected_server,
+        ));
+        Ok(ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(self.cert.clone()))
+    }
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
 }
