@@ -42,6 +42,8 @@ over_both_protocols!(
 /// The socket addresses of a cluster's endpoints.
 fn endpoint_ips(config: &isthmus_proxy_core::ProxyConfig, cluster: &str) -> Vec<String> {
     config.endpoints[cluster]
+        .decode()
+        .unwrap()
         .endpoints
         .iter()
         .flat_map(|l| &l.lb_endpoints)
@@ -83,7 +85,7 @@ async fn first_sync_publishes_a_consistent_config(protocol: XdsProtocol) {
     assert!(config.listeners.contains_key("0.0.0.0_5000"));
     assert!(config.listeners.contains_key("virtualInbound"));
     assert!(config.route_names().contains("5000"));
-    let routes = format!("{:?}", config.routes["5000"]);
+    let routes = format!("{:?}", config.routes["5000"].decode().unwrap());
     assert!(routes.contains(HELLOWORLD_CLUSTER), "{routes}");
     // mTLS secrets: the trust bundle came by SDS; `default` is ours.
     assert!(config.secret_names().contains("default"));

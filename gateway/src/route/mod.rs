@@ -97,6 +97,13 @@ impl RouteTable {
             }
             return table;
         };
+        let l = match l.decode() {
+            Ok(l) => l,
+            Err(e) => {
+                table.warnings.push(format!("listener {listener}: {e}"));
+                return table;
+            }
+        };
         if l.default_filter_chain.is_some() {
             table.warnings.push(format!(
                 "listener {listener}: default_filter_chain ignored (no default route)"
@@ -136,8 +143,10 @@ impl RouteTable {
         let cluster = config
             .clusters
             .get(cluster_name)
-            .ok_or_else(|| format!("cluster {cluster_name:?} is not in the config"))?;
-        let upstream = self.upstream(config, cluster, previous)?;
+            .ok_or_else(|| format!("cluster {cluster_name:?} is not in the config"))?
+            .decode()
+            .map_err(|e| format!("cluster {cluster_name:?}: {e}"))?;
+        let upstream = self.upstream(config, &cluster, previous)?;
         let route = Arc::new(Route {
             upstream,
             idle_timeout: proxy.idle_timeout.and_then(to_std).filter(|d| !d.is_zero()),
@@ -169,11 +178,14 @@ impl RouteTable {
             Some(EdsClusterConfig { service_name, .. }) if !service_name.is_empty() => service_name,
             _ => &cluster.name,
         };
-        let cla = config
-            .endpoints
-            .get(eds_name)
-            .map(|a| &**a)
-            .or(cluster.load_assignment.as_ref());
+        let eds = match config.endpoints.get(eds_name) {
+            Some(a) => Some(
+                a.decode()
+                    .map_err(|e| format!("ClusterLoadAssignment {eds_name:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        let cla = eds.as_ref().or(cluster.load_assignment.as_ref());
         let upstream = match previous.upstreams.get(&cluster.name) {
             Some(u) => {
                 u.update(cluster, cla).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::util::pack_any;
+use isthmus_proxy_core::config::Encoded;
 
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ fn config(chains: Vec<FilterChain>, default: Option<FilterChain>) -> ProxyConfig
     for ch in &chains {
         c.clusters.insert(
             ch.name.clone(),
-            Arc::new(Cluster {
+            Encoded::from(Cluster {
                 name: ch.name.clone(),
                 ..Cluster::default()
             }),
@@ -41,7 +42,7 @@ fn config(chains: Vec<FilterChain>, default: Option<FilterChain>) -> ProxyConfig
     }
     c.listeners.insert(
         "0.0.0.0_15443".into(),
-        Arc::new(Listener {
+        Encoded::from(Listener {
             name: "0.0.0.0_15443".into(),
             filter_chains: chains,
             default_filter_chain: default,
@@ -117,12 +118,16 @@ fn catch_alls_wildcards_and_defaults_are_never_routes() {
         Some(chain("outbound|9|x|db.sample.svc.cluster.local", &[])),
     );
     // A chain whose cluster is missing.
-    Arc::make_mut(c.listeners.get_mut("0.0.0.0_15443").unwrap())
-        .filter_chains
-        .push(chain(
-            "outbound|7||gone.sample.svc.cluster.local",
-            &["outbound_.7_._.gone"],
-        ));
+    c.listeners
+        .get_mut("0.0.0.0_15443")
+        .unwrap()
+        .edit(|l| {
+            l.filter_chains.push(chain(
+                "outbound|7||gone.sample.svc.cluster.local",
+                &["outbound_.7_._.gone"],
+            ))
+        })
+        .unwrap();
     c.clusters
         .remove("outbound|7||gone.sample.svc.cluster.local");
     let t = RouteTable::build(&c, "0.0.0.0_15443", &RouteTable::default());

@@ -9,11 +9,11 @@
 
 use std::sync::OnceLock;
 
-use prost::{Message, Name};
+use prost::Name;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value, json};
 
-use crate::config::ProxyConfig;
+use crate::config::{Encoded, ProxyConfig};
 
 static DESCRIPTORS: &[u8] =
     include_bytes!("../../../control-plane/src/xds/descriptors/envoy-types-0.7.7.bin");
@@ -25,16 +25,15 @@ fn pool() -> &'static DescriptorPool {
     })
 }
 
-/// One message as JSON with its `@type`; a message the descriptors do not
+/// One resource as JSON with its `@type`; a message the descriptors do not
 /// know renders as `{"@type", "error"}` rather than failing the dump.
-fn to_json<M: Message + Name>(message: &M) -> Value {
+fn to_json<M: Name>(message: &Encoded<M>) -> Value {
     let type_url = M::type_url();
     let rendered = (|| {
         let desc = pool()
             .get_message_by_name(&M::full_name())
             .ok_or_else(|| "no descriptor".to_string())?;
-        let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
-            .map_err(|e| e.to_string())?;
+        let dynamic = DynamicMessage::decode(desc, message.bytes()).map_err(|e| e.to_string())?;
         let mut out = serde_json::Serializer::new(Vec::new());
         dynamic
             .serialize_with_options(&mut out, &SerializeOptions::new().skip_default_fields(true))
@@ -74,7 +73,7 @@ fn redact(value: &mut Value) {
 /// The whole config: resources per type (in name order) and the accepted
 /// version of each type.
 pub fn config_dump(config: &ProxyConfig) -> Value {
-    let mut secrets: Vec<Value> = config.secrets.values().map(|m| to_json(&**m)).collect();
+    let mut secrets: Vec<Value> = config.secrets.values().map(to_json).collect();
     secrets.iter_mut().for_each(redact);
     let versions: Map<String, Value> = config
         .versions
@@ -83,10 +82,10 @@ pub fn config_dump(config: &ProxyConfig) -> Value {
         .collect();
     json!({
         "versions": versions,
-        "listeners": config.listeners.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
-        "routes": config.routes.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
-        "clusters": config.clusters.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
-        "endpoints": config.endpoints.values().map(|m| to_json(&**m)).collect::<Vec<_>>(),
+        "listeners": config.listeners.values().map(to_json).collect::<Vec<_>>(),
+        "routes": config.routes.values().map(to_json).collect::<Vec<_>>(),
+        "clusters": config.clusters.values().map(to_json).collect::<Vec<_>>(),
+        "endpoints": config.endpoints.values().map(to_json).collect::<Vec<_>>(),
         "secrets": secrets,
     })
 }

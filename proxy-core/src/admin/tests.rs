@@ -1,3 +1,4 @@
+use crate::config::Encoded;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,14 +40,14 @@ fn sample_config() -> ProxyConfig {
     let mut config = ProxyConfig::default();
     config.clusters.insert(
         "outbound|5000||a".into(),
-        Arc::new(Cluster {
+        Encoded::from(Cluster {
             name: "outbound|5000||a".into(),
             ..Cluster::default()
         }),
     );
     config.secrets.insert(
         "key".into(),
-        Arc::new(Secret {
+        Encoded::from(Secret {
             name: "key".into(),
             r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
                 private_key: Some(DataSource {

@@ -1,7 +1,6 @@
 //! From `Any`s to typed, validated resources keyed by name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -9,26 +8,26 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
-use prost::Message;
 
 use super::ResourceType;
+use super::encoded::{Encoded, Resource};
 use super::validate::{self, ConfigError};
 
-/// The decoded resources of one response, keyed by name. Each resource is
-/// shared (`Arc`) so that the accepted config, the published config and
-/// its consumers hold one copy between them.
+/// The accepted resources of one response, keyed by name, kept encoded
+/// ([`Encoded`]) and shared between the accepted config, the published
+/// config and its consumers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resources {
     /// CDS: the complete set of clusters.
-    Clusters(BTreeMap<String, Arc<Cluster>>),
+    Clusters(BTreeMap<String, Encoded<Cluster>>),
     /// EDS: assignments by cluster (service) name.
-    Endpoints(BTreeMap<String, Arc<ClusterLoadAssignment>>),
+    Endpoints(BTreeMap<String, Encoded<ClusterLoadAssignment>>),
     /// LDS: the complete set of listeners.
-    Listeners(BTreeMap<String, Arc<Listener>>),
+    Listeners(BTreeMap<String, Encoded<Listener>>),
     /// RDS: route configurations by name.
-    Routes(BTreeMap<String, Arc<RouteConfiguration>>),
+    Routes(BTreeMap<String, Encoded<RouteConfiguration>>),
     /// SDS: secrets by name.
-    Secrets(BTreeMap<String, Arc<Secret>>),
+    Secrets(BTreeMap<String, Encoded<Secret>>),
 }
 
 impl Resources {
@@ -123,11 +122,11 @@ impl Resources {
 
 /// Decodes every `Any` as `M`; `check` returns the resource's name and its
 /// validation result. An item's name, when given, must match.
-fn decode_all<'a, M: Message + Default>(
+fn decode_all<'a, M: Resource>(
     t: ResourceType,
     items: impl IntoIterator<Item = (usize, Option<&'a str>, &'a Any)>,
     check: impl Fn(&M) -> (&String, Result<(), String>),
-) -> Result<BTreeMap<String, Arc<M>>, ConfigError> {
+) -> Result<BTreeMap<String, Encoded<M>>, ConfigError> {
     let mut out = BTreeMap::new();
     for (index, expected, any) in items {
         if any.type_url != t.type_url() {
@@ -166,7 +165,8 @@ fn decode_all<'a, M: Message + Default>(
         if out.contains_key(&name) {
             return Err(ConfigError::Duplicate { kind: t, name });
         }
-        out.insert(name, Arc::new(message));
+        // The message is dropped here: the config keeps the bytes.
+        out.insert(name, Encoded::accepted(any.value.as_slice(), &message));
     }
     Ok(out)
 }

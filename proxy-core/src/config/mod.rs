@@ -8,6 +8,7 @@
 //! error is rejected whole; the previous config stays.
 
 mod decode;
+mod encoded;
 mod refs;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -15,7 +16,6 @@ pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 pub use decode::Resources;
+pub use encoded::{Encoded, References, Resource};
 pub use validate::ConfigError;
 
 /// `envoy.config.listener.v3.Listener` (LDS).
@@ -105,20 +106,21 @@ impl fmt::Display for ResourceType {
 }
 
 /// Everything a proxy runs on, keyed by resource name. A published value
-/// never changes; a new config is a new value. Resources are shared between
+/// never changes; a new config is a new value. Resources are kept encoded
+/// ([`Encoded`]: a consumer decodes what it compiles) and shared between
 /// successive configs (cloning a config copies no resource).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyConfig {
     /// LDS, by listener name.
-    pub listeners: BTreeMap<String, Arc<Listener>>,
+    pub listeners: BTreeMap<String, Encoded<Listener>>,
     /// RDS, by route configuration name.
-    pub routes: BTreeMap<String, Arc<RouteConfiguration>>,
+    pub routes: BTreeMap<String, Encoded<RouteConfiguration>>,
     /// CDS, by cluster name.
-    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub clusters: BTreeMap<String, Encoded<Cluster>>,
     /// EDS, by `cluster_name` (the EDS service name of the cluster).
-    pub endpoints: BTreeMap<String, Arc<ClusterLoadAssignment>>,
+    pub endpoints: BTreeMap<String, Encoded<ClusterLoadAssignment>>,
     /// SDS, by secret name.
-    pub secrets: BTreeMap<String, Arc<Secret>>,
+    pub secrets: BTreeMap<String, Encoded<Secret>>,
     /// `version_info` of the last accepted response per type; a type is
     /// absent until its first response was accepted.
     pub versions: BTreeMap<ResourceType, String>,
@@ -176,21 +178,28 @@ impl ProxyConfig {
 
     /// Route configurations the listeners' HTTP connection managers load by RDS.
     pub fn route_names(&self) -> BTreeSet<String> {
-        refs::route_names(self.listeners.values().map(|l| &**l))
+        self.listeners
+            .values()
+            .flat_map(|l| l.references().routes.iter().cloned())
+            .collect()
     }
 
     /// EDS names (service name, else cluster name) of the EDS clusters.
     pub fn endpoint_names(&self) -> BTreeSet<String> {
-        refs::endpoint_names(self.clusters.values().map(|c| &**c))
+        self.clusters
+            .values()
+            .flat_map(|c| c.references().endpoints.iter().cloned())
+            .collect()
     }
 
     /// SDS secret names the clusters' and listeners' TLS transport sockets use.
     pub fn secret_names(&self) -> BTreeSet<String> {
-        let mut names = refs::cluster_secret_names(self.clusters.values().map(|c| &**c));
-        names.extend(refs::listener_secret_names(
-            self.listeners.values().map(|l| &**l),
-        ));
-        names
+        let clusters = self.clusters.values().map(Encoded::references);
+        let listeners = self.listeners.values().map(Encoded::references);
+        clusters
+            .chain(listeners)
+            .flat_map(|r| r.secrets.iter().cloned())
+            .collect()
     }
 
     /// What is still missing for a consistent config: wildcard types never

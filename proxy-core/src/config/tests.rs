@@ -1,5 +1,5 @@
+use crate::config::Encoded;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -361,9 +361,9 @@ fn references_drive_subscriptions() {
             [
                 (
                     "0.0.0.0_80".to_string(),
-                    Arc::new(http_listener("0.0.0.0_80", 80, "80")),
+                    Encoded::from(http_listener("0.0.0.0_80", 80, "80")),
                 ),
-                ("virtualInbound".to_string(), Arc::new(inbound)),
+                ("virtualInbound".to_string(), Encoded::from(inbound)),
             ]
             .into(),
         ),
@@ -426,4 +426,26 @@ fn wildcard_types_are_replaced_and_named_types_merged() {
     assert_eq!(ResourceType::from_type_url("type.googleapis.com/x"), None);
     let secret = Resources::decode(ResourceType::Secret, &[pack_any(root_ca())]).unwrap();
     assert_eq!(secret.names(), ["ROOTCA".to_string()].into());
+}
+
+#[test]
+fn accepted_resources_keep_the_bytes_sent_and_decode_to_the_message() {
+    let cluster = eds_cluster("outbound|80||a");
+    let any = pack_any(cluster.clone());
+    let Resources::Clusters(accepted) =
+        Resources::decode(ResourceType::Cluster, &[any.clone()]).unwrap()
+    else {
+        panic!("clusters expected");
+    };
+    let kept = &accepted["outbound|80||a"];
+    assert_eq!(kept.bytes(), any.value.as_slice());
+    assert_eq!(kept.decode().unwrap(), cluster);
+    assert_eq!(kept.references().endpoints, ["outbound|80||a"]);
+    // Equal bytes are equal resources, whoever encoded them; a change is not.
+    assert_eq!(*kept, Encoded::new(&cluster));
+    let mut changed = kept.clone();
+    changed.edit(|c| c.name = "outbound|80||b".into()).unwrap();
+    assert_ne!(changed, *kept);
+    assert_eq!(changed.decode().unwrap().name, "outbound|80||b");
+    assert_eq!(changed.references().endpoints, ["outbound|80||b"]);
 }

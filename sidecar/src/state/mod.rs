@@ -35,8 +35,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use isthmus_api::naming::SpiffeId;
 use isthmus_identity::TrustBundle;
+use isthmus_identity::tls::ClientTls;
 use isthmus_proxy_core::ProxyConfig;
 use isthmus_proxy_core::balance::Balancer;
+use isthmus_proxy_core::config::Encoded;
 use prost::Message;
 use rustls::ClientConfig;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
@@ -167,6 +169,11 @@ pub struct Builder {
     /// pool, with its connections) survives config pushes, and the clusters
     /// of one service share it.
     tls: HashMap<Vec<SpiffeId>, (Arc<ClientConfig>, Arc<ClientConfig>)>,
+    /// What those configs share (key, chain, roots), for the previous
+    /// build's certificate and roots.
+    client_tls: Option<ClientTls>,
+    /// The inbound TLS config of the previous build.
+    server_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS session tickets of every cluster, by server name (SNI): one store
     /// instead of rustls's default one per config.
     sessions: Option<Arc<ClientSessionMemoryCache>>,
@@ -199,6 +206,7 @@ impl Builder {
         if !same_identity {
             // New certificate or roots: no session or config of the old ones.
             self.tls.clear();
+            self.client_tls = None;
             self.sessions = None;
         }
 
@@ -212,7 +220,11 @@ impl Builder {
                 Some(table) if unchanged => {
                     routes.insert(name.clone(), table.clone());
                 }
-                _ => match RouteTable::compile(rc) {
+                _ => match rc
+                    .decode()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rc| RouteTable::compile(&rc).map_err(|e| e.to_string()))
+                {
                     Ok(t) => {
                         let t = Arc::new(t);
                         self.routes.insert(name.clone(), t.clone());
@@ -235,12 +247,19 @@ impl Builder {
             if same_identity
                 && let (Some((old, _)), Some(state)) = (&previous, self.clusters.get(name))
                 && old.clusters.get(name) == Some(c)
-                && old.endpoints.get(eds_name(c)) == config.endpoints.get(eds_name(c))
+                && c.references()
+                    .endpoints
+                    .iter()
+                    .all(|eds| old.endpoints.get(eds) == config.endpoints.get(eds))
             {
                 clusters.insert(name.clone(), state.clone());
                 continue;
             }
-            match self.cluster(c, &config, creds.as_deref(), roots.as_ref()) {
+            let built = c
+                .decode()
+                .map_err(|e| e.to_string())
+                .and_then(|c| self.cluster(&c, &config, creds.as_deref(), roots.as_ref()));
+            match built {
                 Ok(Some(state)) => {
                     clusters.insert(name.clone(), state);
                 }
@@ -260,6 +279,17 @@ impl Builder {
         let mut tcp_routes = Vec::new();
         let mut inbound = BTreeMap::new();
         for (name, l) in &config.listeners {
+            let l = match l.decode() {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(format!("Listener {name}: {e}"));
+                    if name == "virtualInbound" {
+                        inbound = self.inbound.clone();
+                    }
+                    continue;
+                }
+            };
+            let l = &l;
             if name == "virtualInbound" {
                 match inbound::compile(l) {
                     Ok(ports) => inbound = ports,
@@ -275,6 +305,11 @@ impl Builder {
         }
 
         let server_tls = match (&creds, &roots) {
+            // Same certificate and roots: the same config (its session
+            // tickets stay valid).
+            (Some(_), Some(_)) if same_identity && self.server_tls.is_some() => {
+                self.server_tls.clone()
+            }
             (Some(c), Some(r)) => match isthmus_identity::tls::server_config(&c.cert, r) {
                 Ok(mut cfg) => {
                     cfg.alpn_protocols =
@@ -293,6 +328,7 @@ impl Builder {
         }
         self.previous = Some((config.clone(), creds.clone()));
         self.inbound = inbound.clone();
+        self.server_tls = server_tls.clone();
         Snapshot {
             config,
             routes,
@@ -344,7 +380,13 @@ impl Builder {
             let _ = a;
             inline = Some(c);
         } else {
-            assignment = config.endpoints.get(eds_name).cloned();
+            assignment = match config.endpoints.get(eds_name) {
+                Some(a) => Some(
+                    a.decode()
+                        .map_err(|e| format!("ClusterLoadAssignment {eds_name}: {e}"))?,
+                ),
+                None => None,
+            };
         }
         let c = inline.as_ref().unwrap_or(c);
         let tls = upstream_tls(c)?;
@@ -370,9 +412,16 @@ impl Builder {
                                 Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE))
                             })
                             .clone();
-                        let mut h2 =
-                            isthmus_identity::tls::client_config(&creds.cert, roots, sans.clone())
-                                .map_err(|e| format!("transport_socket: {e}"))?;
+                        let shared = match &self.client_tls {
+                            Some(shared) => shared,
+                            None => self.client_tls.insert(
+                                ClientTls::new(&creds.cert, roots)
+                                    .map_err(|e| format!("transport_socket: {e}"))?,
+                            ),
+                        };
+                        let mut h2 = shared
+                            .config(sans.iter().cloned())
+                            .map_err(|e| format!("transport_socket: {e}"))?;
                         h2.resumption = Resumption::store(sessions.clone());
                         let mut http1 = h2.clone();
                         h2.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
@@ -391,11 +440,11 @@ impl Builder {
         let balancer = match self.clusters.get(&c.name) {
             Some(s) => {
                 s.balancer
-                    .update(c, assignment.as_deref())
+                    .update(c, assignment.as_ref())
                     .map_err(|e| e.to_string())?;
                 s.balancer.clone()
             }
-            None => Arc::new(Balancer::new(c, assignment.as_deref()).map_err(|e| e.to_string())?),
+            None => Arc::new(Balancer::new(c, assignment.as_ref()).map_err(|e| e.to_string())?),
         };
         let settings = PoolSettings {
             http2,
@@ -454,7 +503,15 @@ fn trust_bundle(
     creds: Option<&Credentials>,
     errors: &mut Vec<String>,
 ) -> Option<TrustBundle> {
-    let sds = config.secrets.get(ROOT_CA).and_then(|s| match &s.r#type {
+    let secret = match config.secrets.get(ROOT_CA).map(Encoded::decode) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            errors.push(format!("Secret {ROOT_CA}: {e}"));
+            None
+        }
+        None => None,
+    };
+    let sds = secret.as_ref().and_then(|s| match &s.r#type {
         Some(secret::Type::ValidationContext(v)) => v.trusted_ca.as_ref(),
         _ => None,
     });
