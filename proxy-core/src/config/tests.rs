@@ -433,7 +433,7 @@ fn accepted_resources_keep_the_bytes_sent_and_decode_to_the_message() {
     let cluster = eds_cluster("outbound|80||a");
     let any = pack_any(cluster.clone());
     let Resources::Clusters(accepted) =
-        Resources::decode(ResourceType::Cluster, &[any.clone()]).unwrap()
+        Resources::decode(ResourceType::Cluster, std::slice::from_ref(&any)).unwrap()
     else {
         panic!("clusters expected");
     };
