@@ -179,6 +179,13 @@ pub trait ConfigState: Send + Sync + 'static {
             .collect())
     }
 
+    /// What limits `proxy`'s view in this state (`Sidecar <ns>/<name>`), if
+    /// anything does: shown in `/debug/syncz` and logged at connect.
+    fn scope_of(&self, proxy: &ProxyInfo) -> Option<String> {
+        let _ = proxy;
+        None
+    }
+
     /// What may differ between the state of `version` (older) and this one.
     /// The default, [`Changes::All`], makes every push regenerate everything.
     fn changes_since(&self, version: u64) -> Changes {

@@ -85,7 +85,11 @@ impl Connection {
             .connections
             .insert(View::new(id, &proxy, current.state.clone(), false));
         inner.metrics.connected().inc();
-        info!(connection = id, "proxy connected");
+        info!(
+            connection = id,
+            scope = current.state.scope_of(&proxy).as_deref().unwrap_or("none"),
+            "proxy connected"
+        );
         Self {
             inner,
             id,

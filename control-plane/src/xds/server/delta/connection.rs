@@ -653,7 +653,11 @@ impl Protocol for Connection {
             .connections
             .insert(View::new(id, &proxy, current.state.clone(), true));
         inner.metrics.connected().inc();
-        info!(connection = id, "proxy connected (incremental)");
+        info!(
+            connection = id,
+            scope = current.state.scope_of(&proxy).as_deref().unwrap_or("none"),
+            "proxy connected (incremental)"
+        );
         Self {
             inner,
             id,
