@@ -439,3 +439,70 @@ async fn editing_the_sidecar_rescopes_the_proxies_it_selects() {
     c.ack(&cds).await;
     w.expect_silence(QUIET).await;
 }
+
+/// What the push context records for a change to a service, and what that
+/// is for a proxy that imports it and one that does not.
+#[test]
+fn a_service_change_is_everything_only_for_proxies_that_import_it() {
+    use isthmus_control_plane::xds::generate::PushContext;
+    use isthmus_control_plane::xds::{Changes, ConfigState};
+
+    let store = Store::new();
+    store.replace_origin(ORIGIN, resources(&mesh_yaml()));
+    let before_snapshot = store.snapshot();
+    let before = PushContext::build(&before_snapshot, MeshConfig::default());
+    let mut sub = store.subscribe();
+    let _ = futures::executor::block_on(sub.next());
+    // A new port on b (out of sleep's scope), then a new port on a (in it).
+    upsert(
+        &store,
+        &service_entry(
+            "b",
+            "other",
+            "b.mesh.internal",
+            "{number: 81, name: http, protocol: HTTP}",
+            "127.0.11.1",
+        ),
+    );
+    let update = futures::executor::block_on(sub.next()).expect("update");
+    let after = before.next(&before_snapshot, &update.snapshot, &update.changes);
+    let changes = after.changes_since(before.version);
+    assert!(
+        matches!(&changes, Changes::Services(s) if s.hosts.len() == 1),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes.clone().for_proxy(&sleep(), &after, &before),
+        Changes::Endpoints(match &changes {
+            Changes::Services(s) => s.endpoints.clone(),
+            _ => unreachable!(),
+        })
+    );
+    assert_eq!(changes.for_proxy(&web(), &after, &before), Changes::All);
+
+    upsert(
+        &store,
+        &service_entry(
+            "a",
+            "sample",
+            "a.mesh.internal",
+            "{number: 81, name: http, protocol: HTTP}",
+            "127.0.10.9",
+        ),
+    );
+    let update2 = futures::executor::block_on(sub.next()).expect("update");
+    let last = after.next(&update.snapshot, &update2.snapshot, &update2.changes);
+    assert_eq!(
+        last.changes_since(after.version)
+            .for_proxy(&sleep(), &last, &after),
+        Changes::All
+    );
+    // Since `before`, both changes merge: b's and a's.
+    let Changes::Services(both) = last.changes_since(before.version) else {
+        panic!("{:?}", last.changes_since(before.version));
+    };
+    assert_eq!(
+        both.hosts,
+        BTreeSet::from(["a.mesh.internal".to_string(), "b.mesh.internal".to_string()])
+    );
+}

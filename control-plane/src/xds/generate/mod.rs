@@ -35,7 +35,7 @@ use prost::Name;
 
 use super::{
     CLUSTER, Changes, ConfigState, ENDPOINT, EndpointChanges, GenerateError, LISTENER, ProxyInfo,
-    ProxyRole, ROUTE, SECRET, SharedResource, XdsResource,
+    ProxyRole, ROUTE, SECRET, ServiceChanges, SharedResource, XdsResource,
 };
 use crate::dns_feed::build::vip_listener_hosts;
 use crate::dns_feed::vip::VipRange;
@@ -207,8 +207,10 @@ impl PushContext {
     ///
     /// Changes to ServiceEntries only rebuild the services they touch
     /// ([`Registry::update`]) and keep everything else; a service whose
-    /// endpoints alone changed is an endpoints-only change (EDS). Any other
-    /// change rebuilds the whole context and may change anything.
+    /// endpoints alone changed is an endpoints-only change (EDS), any other
+    /// change of a service is [`Changes::Services`] (everything, for the
+    /// proxies that import it). Any other change rebuilds the whole context
+    /// and may change anything.
     pub fn next(
         &self,
         previous: &Snapshot,
@@ -317,20 +319,39 @@ impl PushContext {
                 (Some(old), Some(new)) if endpoints_only(self, old, new) => {
                     Changes::Endpoints(self.endpoint_changes(old, new))
                 }
-                _ => Changes::All,
+                (old, new) => {
+                    let (old, new) = (old.or(new), new.or(old));
+                    let (Some(old), Some(new)) = (old, new) else {
+                        continue;
+                    };
+                    Changes::Services(ServiceChanges {
+                        hosts: BTreeSet::from([host.clone()]),
+                        endpoints: self.endpoint_changes(old, new),
+                    })
+                }
             };
             changes = changes.merge(step);
-            if changes == Changes::All {
-                break;
-            }
         }
         let cache = match &changes {
-            Changes::All => cache::Cache::default(),
+            Changes::All | Changes::Services(_) => cache::Cache::default(),
             Changes::None | Changes::Endpoints(_) => self.cache.carry_over(),
         };
-        // Names and addresses only change with a change that is not endpoints-only.
-        let global_vips = match &changes {
+        // Names and addresses only change with a change that is not
+        // endpoints-only; a service whose global VIPs moved (allocation is
+        // by name, so only on a collision) changed too.
+        let global_vips = match &mut changes {
             Changes::All => Arc::new(vip_listener_hosts(&registry, &self.mesh.vip_range)),
+            Changes::Services(s) => {
+                let vips = Arc::new(vip_listener_hosts(&registry, &self.mesh.vip_range));
+                s.hosts.extend(
+                    self.global_vips
+                        .keys()
+                        .chain(vips.keys())
+                        .filter(|h| self.global_vips.get(*h) != vips.get(*h))
+                        .cloned(),
+                );
+                vips
+            }
             Changes::None | Changes::Endpoints(_) => self.global_vips.clone(),
         };
         let pc = PushContext {
@@ -476,8 +497,8 @@ impl PushContext {
         }
     }
 
-    /// Whether the EDS cluster `name` is in `proxy`'s scope (every name is
-    /// for a proxy no Sidecar scopes; unknown names are left to EDS).
+    /// Whether the EDS cluster `name` is in `scope` (every name is when no
+    /// Sidecar scopes the proxy; a name of no known service port is not).
     pub(crate) fn in_scope(&self, scope: Option<&SidecarScope>, name: &str) -> bool {
         let Some(scope) = scope else {
             return true;
@@ -587,6 +608,18 @@ impl ConfigState for PushContext {
             _ => shared(self.generate(proxy, type_url, names)?).collect(),
         };
         Ok(out)
+    }
+
+    fn imports_any(&self, proxy: &ProxyInfo, hosts: &BTreeSet<String>) -> bool {
+        let Some(scope) = self.sidecar_for(proxy) else {
+            return true;
+        };
+        hosts.iter().any(|h| {
+            self.registry.service(h).is_some_and(|svc| {
+                visible(&svc.export_to, Some(&svc.namespace), &proxy.namespace)
+                    && scope.admits_any(svc)
+            })
+        })
     }
 
     fn scope_of(&self, proxy: &ProxyInfo) -> Option<String> {
