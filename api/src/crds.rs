@@ -10,7 +10,9 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::federation::{MeshFederation, ServiceExport};
-use crate::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
+use crate::networking::{
+    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// Every CRD, in a fixed order.
@@ -21,6 +23,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         ServiceEntry::crd(),
         WorkloadEntry::crd(),
         Gateway::crd(),
+        Sidecar::crd(),
         PeerAuthentication::crd(),
         AuthorizationPolicy::crd(),
         MeshFederation::crd(),

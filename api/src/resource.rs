@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::federation::{MeshFederation, ServiceExport};
-use crate::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
+use crate::networking::{
+    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 macro_rules! kinds {
@@ -118,6 +120,10 @@ kinds! {
     }
     Gateway(Gateway) {
         group: "networking.istio.io", version: "v1", plural: "gateways",
+        namespaced: true, custom: true, also: ["v1beta1", "v1alpha3"]
+    }
+    Sidecar(Sidecar) {
+        group: "networking.istio.io", version: "v1", plural: "sidecars",
         namespaced: true, custom: true, also: ["v1beta1", "v1alpha3"]
     }
     PeerAuthentication(PeerAuthentication) {

@@ -337,3 +337,74 @@ fn lists(server: &FakeApiServer) -> usize {
         .filter(|r| r.action == RequestAction::List)
         .count()
 }
+
+fn sidecar(ns: &str, name: &str, hosts: &[&str]) -> Value {
+    json!({
+        "apiVersion": VS_API, "kind": "Sidecar",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"egress": [{"hosts": hosts}]}
+    })
+}
+
+fn egress_hosts(store: &Store, ns: &str, name: &str) -> Option<Vec<String>> {
+    let snap = store.snapshot();
+    let r = snap.get(&key(Kind::Sidecar, ns, name))?;
+    let Resource::Sidecar(s) = &**r else {
+        return None;
+    };
+    Some(s.spec.egress[0].hosts.clone())
+}
+
+#[tokio::test]
+async fn sidecars_are_watched_like_the_other_istio_kinds() {
+    let server = FakeApiServer::start().await;
+    server.register(VS_API, "Sidecar", "sidecars", true);
+    server.apply(sidecar("sample", "default", &["./*"]));
+    let store = Store::new();
+    let shutdown = CancellationToken::new();
+    let source = Box::new(KubeSource::new(server.client()).with_kinds(vec![Kind::Sidecar]));
+    tokio::spawn(source.run(store.clone(), shutdown.clone()));
+    let mut sub = store.subscribe();
+    wait_for(&mut sub, |u| u.snapshot.is_synced()).await;
+    let mut h = Harness {
+        server,
+        store,
+        sub,
+        shutdown,
+    };
+    assert_eq!(
+        egress_hosts(&h.store, "sample", "default"),
+        Some(vec!["./*".to_string()])
+    );
+
+    h.server
+        .apply(sidecar("sample", "default", &["./*", "istio-system/*"]));
+    wait_for(&mut h.sub, |u| !u.changes.is_empty()).await;
+    assert_eq!(
+        egress_hosts(&h.store, "sample", "default").map(|h| h.len()),
+        Some(2)
+    );
+
+    // An unsupported field is reported by name; the last good version stays.
+    let mut bad = sidecar("sample", "default", &["./*"]);
+    bad["spec"]["ingress"] = json!([{"port": {"number": 80}, "defaultEndpoint": "127.0.0.1:8080"}]);
+    h.server.apply(bad);
+    let u = wait_for(&mut h.sub, |u| u.snapshot.errors().count() > 0).await;
+    let (_, err) = u.snapshot.errors().next().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "Sidecar sample/default: spec.ingress: Istio field not supported by Isthmus"
+    );
+    assert_eq!(
+        egress_hosts(&h.store, "sample", "default").map(|h| h.len()),
+        Some(2)
+    );
+
+    h.server
+        .delete(VS_API, "Sidecar", Some("sample"), "default");
+    let u = wait_for(&mut h.sub, |u| !u.changes.is_empty()).await;
+    assert_eq!(
+        u.changes,
+        vec![Change::Removed(key(Kind::Sidecar, "sample", "default"))]
+    );
+}

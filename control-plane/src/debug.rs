@@ -143,6 +143,7 @@ pub fn syncz(ads: &AdsServer) -> Value {
                     "role": s.role.to_string(),
                     "cluster": s.cluster,
                     "protocol": if s.incremental { "delta" } else { "sotw" },
+                    "scope": s.scope,
                     "types": types,
                 })
             })

@@ -373,7 +373,20 @@ fn other_changes_change_everything() {
         "ports: [{number: 81, name: http, protocol: HTTP}]",
     );
     let (before, after, _) = push_context_after(&[yaml]);
-    assert_eq!(after.changes_since(before.version), Changes::All);
+    let Changes::Services(changed) = after.changes_since(before.version) else {
+        panic!("{:?}", after.changes_since(before.version));
+    };
+    assert_eq!(
+        changed.hosts,
+        BTreeSet::from(["bb.mesh.internal".to_string()])
+    );
+    // Every proxy no Sidecar scopes may see anything change.
+    assert_eq!(
+        after
+            .changes_since(before.version)
+            .for_proxy(&proxy("sleep"), &after, &before),
+        Changes::All
+    );
 
     let vs = r#"apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -58,9 +58,9 @@ fn unknown_top_level_field_and_kind() {
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspek: {}\n";
     let e = &load_yaml(None, text).errors[0];
     assert_eq!(e.field.as_deref(), Some("spek"));
-    let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\n";
+    let text = "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: a}\n";
     let e = &load_yaml(None, text).errors[0];
-    assert!(e.message.contains("unknown kind Sidecar"), "{e}");
+    assert!(e.message.contains("unknown kind EnvoyFilter"), "{e}");
 }
 
 #[test]
@@ -169,4 +169,199 @@ fn typo_in_a_core_kind_file_is_named() {
     // Objects from an API server may carry fields newer than our k8s-openapi: accepted.
     let value: Value = serde_yaml_ng::from_str(text).unwrap();
     assert!(load_value(value).is_ok());
+}
+
+const SIDECAR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: scope, namespace: sample}
+spec:
+  workloadSelector:
+    labels: {app: sleep}
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    hosts: [prod/reviews.prod.svc.cluster.local]
+  - hosts: ["./*", "istio-system/*", "*/*.example.com", "~/*"]
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+"#;
+
+#[test]
+fn sidecar_loads_with_older_versions_too() {
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        let text = SIDECAR.replace("istio.io/v1\n", &format!("istio.io/{version}\n"));
+        let loaded = load_yaml(Some("sidecar.yaml"), &text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let Resource::Sidecar(sc) = &loaded.resources[0] else {
+            panic!("not a Sidecar: {:?}", loaded.resources[0]);
+        };
+        assert_eq!(sc.spec.egress.len(), 2);
+        assert_eq!(sc.spec.egress[0].port.as_ref().unwrap().number, 9080);
+        assert_eq!(
+            loaded.resources[0].key().to_string(),
+            "Sidecar sample/scope"
+        );
+    }
+}
+
+#[test]
+fn sidecar_egress_hosts_follow_istio_rules() {
+    let text = SIDECAR.replace(
+        r#"["./*", "istio-system/*", "*/*.example.com", "~/*"]"#,
+        r#"[reviews, "Bad_NS/*", "ns/", "ns/a..b", "./*.ok.com"]"#,
+    );
+    let loaded = load_yaml(Some("sc.yaml"), &text);
+    let msgs: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(msgs.len(), 4, "{msgs:#?}");
+    assert!(
+        msgs[0].starts_with("sc.yaml:1: Sidecar sample/scope: spec.egress[1].hosts[0]: host \"reviews\" must be <namespace>/<dnsName>"),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs[1].contains("spec.egress[1].hosts[1]: host \"Bad_NS/*\": namespace must be"),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs[2].contains(
+            "spec.egress[1].hosts[2]: host \"ns/\": namespace and dnsName must not be empty"
+        ),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs[3].contains("spec.egress[1].hosts[3]: host \"ns/a..b\""),
+        "{msgs:#?}"
+    );
+}
+
+#[test]
+fn sidecar_listener_rules() {
+    let text = SIDECAR
+        .replace(
+            "number: 9080, protocol: HTTP",
+            "number: 70000, protocol: QUIC",
+        )
+        .replace(
+            "  outboundTrafficPolicy",
+            "  - hosts: []\n  workloadSelector2: {}\n  outboundTrafficPolicy",
+        );
+    // An unknown field stops typed loading first, naming it.
+    let e = &load_yaml(None, &text).errors[0];
+    assert_eq!(e.field.as_deref(), Some("spec.workloadSelector2"), "{e}");
+    let text = text.replace("  workloadSelector2: {}\n", "");
+    let fields: Vec<String> = load_yaml(None, &text)
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field.as_deref().unwrap_or_default(), e.message))
+        .collect();
+    assert_eq!(fields.len(), 5, "{fields:#?}");
+    assert!(
+        fields[0].starts_with("spec.egress[0].port.number: port 70000"),
+        "{fields:#?}"
+    );
+    assert!(
+        fields[1].starts_with("spec.egress[0].port.protocol: unknown protocol \"QUIC\""),
+        "{fields:#?}"
+    );
+    assert!(
+        fields[2].starts_with("spec.egress[1].port: only one egress listener may omit port"),
+        "{fields:#?}"
+    );
+    assert!(
+        fields[3].starts_with("spec.egress[2].port: only one egress listener may omit port"),
+        "{fields:#?}"
+    );
+    assert!(
+        fields[4].starts_with("spec.egress[2].hosts: at least one host is required"),
+        "{fields:#?}"
+    );
+}
+
+#[test]
+fn sidecar_selector_ports_and_traffic_policy() {
+    let text = SIDECAR
+        .replace("labels: {app: sleep}", "labels: {}")
+        .replace(
+            "  - hosts: [\"./*\"",
+            "  - port: {number: 9080}\n    hosts: [\"./*\"]\n  - hosts: [\"./*\"",
+        )
+        .replace("ALLOW_ANY", "REGISTRY_ONLY");
+    let fields: Vec<String> = load_yaml(None, &text)
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field.as_deref().unwrap_or_default(), e.message))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.workloadSelector.labels: at least one label is required (omit workloadSelector to select every workload)",
+            "spec.egress[1].port.number: port 9080 has more than one egress listener",
+            "spec.outboundTrafficPolicy.mode: REGISTRY_ONLY is not supported: Isthmus sidecars pass connections to unknown destinations through (ALLOW_ANY)",
+        ]
+    );
+}
+
+#[test]
+fn sidecar_fields_isthmus_does_not_implement_are_rejected_by_name() {
+    for (from, to, field) in [
+        (
+            "  egress:\n",
+            "  ingress:\n  - port: {number: 9080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n  egress:\n",
+            "spec.ingress",
+        ),
+        (
+            "  - hosts: [\"./*\"",
+            "  - bind: 127.0.0.1\n    hosts: [\"./*\"",
+            "spec.egress[1].bind",
+        ),
+        (
+            "  - hosts: [\"./*\"",
+            "  - captureMode: NONE\n    hosts: [\"./*\"",
+            "spec.egress[1].captureMode",
+        ),
+        (
+            "name: http}",
+            "name: http, targetPort: 8080}",
+            "spec.egress[0].port.targetPort",
+        ),
+        (
+            "  outboundTrafficPolicy: {mode: ALLOW_ANY}",
+            "  outboundTrafficPolicy: {mode: ALLOW_ANY, egressProxy: {host: proxy}}",
+            "spec.outboundTrafficPolicy.egressProxy",
+        ),
+        (
+            "  outboundTrafficPolicy",
+            "  inboundConnectionPool: {http: {http1MaxPendingRequests: 10}}\n  outboundTrafficPolicy",
+            "spec.inboundConnectionPool",
+        ),
+    ] {
+        let text = SIDECAR.replace(from, to);
+        assert_ne!(text, SIDECAR, "{from:?} not in the fixture");
+        let loaded = load_yaml(Some("sc.yaml"), &text);
+        let e = &loaded.errors[0];
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert!(e.message.contains("not supported by Isthmus"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("sc.yaml:1: Sidecar sample/scope: "),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn egress_host_patterns_match_as_istio() {
+    use crate::networking::EgressHost;
+    let h = |s: &str| EgressHost::parse(s, "sample").unwrap();
+    assert!(h("./*").matches("sample", "a.sample.svc.cluster.local"));
+    assert!(!h("./*").matches("other", "a.other.svc.cluster.local"));
+    assert!(h("*/*.example.com").matches("ext", "api.example.com"));
+    assert!(!h("*/*.example.com").matches("ext", "example.com"));
+    assert!(
+        h("prod/Reviews.prod.svc.cluster.local.").matches("prod", "reviews.prod.svc.cluster.local")
+    );
+    assert!(
+        !h("prod/reviews.prod.svc.cluster.local")
+            .matches("other", "reviews.prod.svc.cluster.local")
+    );
+    assert!(!h("~/*").matches("sample", "a.sample.svc.cluster.local"));
+    assert!(EgressHost::parse("reviews", "sample").is_none());
 }

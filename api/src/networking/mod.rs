@@ -7,12 +7,14 @@ mod common;
 mod destination_rule;
 mod gateway;
 mod service_entry;
+mod sidecar;
 mod virtual_service;
 
 pub use common::*;
 pub use destination_rule::*;
 pub use gateway::*;
 pub use service_entry::*;
+pub use sidecar::*;
 pub use virtual_service::*;
 
 /// The API group of every kind in this module.

@@ -7,6 +7,7 @@ mod federation;
 mod networking;
 mod routes;
 mod security;
+mod sidecar;
 
 use std::net::IpAddr;
 
@@ -51,6 +52,7 @@ pub fn resource(resource: &Resource) -> Vec<FieldError> {
             cx.field("spec", |cx| networking::workload_entry(cx, &o.spec, None))
         }
         Resource::Gateway(o) => cx.field("spec", |cx| networking::gateway(cx, &o.spec)),
+        Resource::Sidecar(o) => cx.field("spec", |cx| sidecar::sidecar(cx, &o.spec)),
         Resource::PeerAuthentication(o) => {
             cx.field("spec", |cx| security::peer_authentication(cx, &o.spec))
         }

@@ -407,7 +407,7 @@ pub(super) fn service_entry(cx: &mut Ctx, spec: &ServiceEntrySpec) {
     cx.export_to(&spec.export_to);
 }
 
-fn protocol(cx: &mut Ctx, proto: &str) {
+pub(super) fn protocol(cx: &mut Ctx, proto: &str) {
     if !PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(proto)) {
         cx.error(format!(
             "unknown protocol {proto:?} (known: {})",

@@ -200,3 +200,38 @@ async fn writer_applies_atomically_into_generated_and_deletes() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn sidecars_load_from_files_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = |hosts: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: sample}}\nspec:\n  egress:\n  - hosts: [{hosts}]\n"
+        )
+    };
+    std::fs::write(dir.path().join("sidecar.yaml"), sidecar("\"./*\"")).unwrap();
+    let (store, shutdown, task) = start(dir.path());
+    let mut sub = store.subscribe();
+    let u = wait_for(&mut sub, |u| u.snapshot.is_synced()).await;
+    let key = ResourceKey::new(Kind::Sidecar, "sample", "default");
+    assert!(matches!(
+        u.snapshot.get(&key).map(|r| &**r),
+        Some(Resource::Sidecar(_))
+    ));
+
+    std::fs::write(dir.path().join("sidecar.yaml"), sidecar("reviews")).unwrap();
+    let u = wait_for(&mut sub, |u| u.snapshot.errors().count() > 0).await;
+    let errors: Vec<String> = u.snapshot.errors().map(|(_, e)| e.to_string()).collect();
+    assert!(
+        errors[0].ends_with(
+            "sidecar.yaml:1: Sidecar sample/default: spec.egress[0].hosts[0]: host \"reviews\" must be <namespace>/<dnsName> (namespace: a name, ., * or ~)"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        u.snapshot.get(&key).is_some(),
+        "the last good version stays"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

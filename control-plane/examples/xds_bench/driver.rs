@@ -40,6 +40,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         ])
         .args(["--push-throttle", &args.push_throttle.to_string()])
         .args(["--listen-backlog", &args.listen_backlog.to_string()])
+        .args(args.scoped.then_some("--scoped"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -181,7 +182,8 @@ async fn changes(
         if monitor.aborted.is_cancelled() {
             break;
         }
-        tracker.begin_change();
+        let (service, _) = mesh::change(k, args.services);
+        tracker.begin_change(|c| !args.scoped || mesh::imports(c, service, args.services));
         let started = Instant::now();
         stdin.write_all(format!("change {k}\n").as_bytes()).await?;
         stdin.flush().await?;
@@ -213,9 +215,10 @@ async fn changes(
         let slowest = per_proxy.iter().copied().fold(0.0, f64::max);
         eprintln!(
             "change {k}: store version {version}, {reached} of {} sidecars ACKed, last after {slowest:.1} ms",
-            args.clients
+            tracker.expected()
         );
         report.changes.push(ChangeResult {
+            expected: tracker.expected(),
             rebuild_ms: reply["rebuild_ms"].as_f64().unwrap_or_default(),
             all_acked_ms: (!timed_out).then_some(slowest),
             per_proxy_ms: per_proxy,
@@ -229,7 +232,7 @@ async fn changes(
             };
             eprintln!(
                 "change {k}: only {reached} of {} sidecars ACKed {why}; stopping changes",
-                args.clients
+                tracker.expected()
             );
             break;
         }
@@ -239,6 +242,8 @@ async fn changes(
             Duration::from_millis(args.change_interval_ms),
         )
         .await;
+        // A sidecar that does not import the service must not have been pushed.
+        report.out_of_scope_eds += tracker.unexpected_eds();
     }
     let server_after = monitor.stats();
     let self_after = ProcStats::read(None).unwrap_or_default();

@@ -62,6 +62,11 @@ pub struct Args {
     /// instead of state of the world.
     #[arg(long)]
     pub delta: bool,
+    /// Every namespace gets a Sidecar resource importing its own namespace
+    /// plus a handful of services (config scoping); changes are then
+    /// measured on the sidecars that import the changed service.
+    #[arg(long)]
+    pub scoped: bool,
     /// ADS streams multiplexed on one HTTP/2 connection.
     #[arg(long, default_value_t = 1)]
     pub clients_per_connection: usize,
@@ -132,6 +137,7 @@ fn main() -> anyhow::Result<()> {
     match args.role {
         Role::Server => runtime.block_on(server::run(server::Settings {
             services: args.services,
+            scoped: args.scoped,
             debounce: Duration::from_millis(args.debounce_ms),
             max_debounce: Duration::from_millis(args.max_debounce_ms),
             endpoint_debounce: Duration::from_millis(args.endpoint_debounce_ms),

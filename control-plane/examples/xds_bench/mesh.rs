@@ -9,7 +9,11 @@
 //! - [`ENDPOINTS`] endpoints each, `10.<i * 5 + j>`, in two zones of one
 //!   region, with labels `app`/`version` and a service account;
 //! - sidecar `c` is endpoint `c / services` of service `c % services`, so
-//!   every proxy has its own inbound listener and clusters, as in a real mesh.
+//!   every proxy has its own inbound listener and clusters, as in a real mesh;
+//! - with `--scoped`, every namespace has a Sidecar resource (no selector,
+//!   so it applies to every sidecar there) importing `./*` plus the
+//!   [`SHARED`] services of other namespaces: each proxy sees a tenth of
+//!   the mesh plus a handful of services.
 
 use std::net::Ipv4Addr;
 
@@ -25,6 +29,8 @@ pub const HTTP_PORTS: [u16; 4] = [80, 8080, 9080, 5000];
 pub const TCP_PORT: u16 = 6379;
 /// Namespaces the services and sidecars are spread over.
 const NAMESPACES: usize = 10;
+/// With `--scoped`: services every Sidecar imports besides its own namespace's.
+pub const SHARED: [usize; 5] = [1, 2, 3, 4, 5];
 
 fn name(i: usize) -> String {
     format!("svc-{i:05}")
@@ -127,4 +133,41 @@ pub fn sidecar(c: usize, services: usize) -> ProxyInfo {
         .into(),
         locality: locality(j).parse().expect("valid locality"),
     }
+}
+
+/// With `--scoped`: one Sidecar per namespace importing `./*` and [`SHARED`].
+pub fn sidecar_resources(services: usize) -> Vec<Resource> {
+    let shared: Vec<String> = SHARED
+        .iter()
+        .filter(|i| **i < services)
+        .map(|i| {
+            format!(
+                "{}/{}.{}.svc.cluster.local",
+                namespace(*i),
+                name(*i),
+                namespace(*i)
+            )
+        })
+        .collect();
+    (0..NAMESPACES.min(services))
+        .map(|n| {
+            let mut hosts = vec!["./*".to_string()];
+            hosts.extend(shared.iter().cloned());
+            let value = json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "Sidecar",
+                "metadata": {"name": "default", "namespace": namespace(n)},
+                "spec": {"egress": [{"hosts": hosts}]},
+            });
+            match isthmus_api::load::load_value(value) {
+                Ok(r) => r,
+                Err(errors) => panic!("generated Sidecar {n} is invalid: {errors:?}"),
+            }
+        })
+        .collect()
+}
+
+/// With `--scoped`: whether sidecar `c` imports service `i`.
+pub fn imports(c: usize, i: usize, services: usize) -> bool {
+    namespace(c % services) == namespace(i) || SHARED.contains(&i)
 }

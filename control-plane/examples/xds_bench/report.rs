@@ -17,6 +17,8 @@ const TARGET_RSS_MIB: f64 = 1024.0;
 /// One measured config change.
 #[derive(Clone, Debug)]
 pub struct ChangeResult {
+    /// Sidecars the change should reach (those importing the service).
+    pub expected: usize,
     /// Store update → new push context published (server side).
     pub rebuild_ms: f64,
     /// Store update → the last sidecar's ACK; `None` if some never ACKed in time.
@@ -54,6 +56,10 @@ pub struct Report {
     pub aborted: Option<String>,
     /// Changes the store dropped (no new version): skipped, not measured.
     pub lost_updates: usize,
+    /// With `--scoped`: whether Sidecar resources scope the sidecars.
+    scoped: bool,
+    /// EDS responses sidecars ACKed for changes they do not import (must be 0).
+    pub out_of_scope_eds: usize,
     /// Streams the sidecars reopened, and the first error that made them.
     pub reconnects: usize,
     pub reconnect_error: Option<String>,
@@ -86,6 +92,8 @@ impl Report {
             failures: Vec::new(),
             aborted: None,
             lost_updates: 0,
+            scoped: args.scoped,
+            out_of_scope_eds: 0,
             reconnects: 0,
             reconnect_error: None,
             listen_backlog: args.listen_backlog,
@@ -123,6 +131,7 @@ impl Report {
         json!({
             "services": self.services,
             "protocol": self.protocol,
+            "scoped": self.scoped,
             "endpoints_per_service": crate::mesh::ENDPOINTS,
             "clients": self.clients,
             "clients_per_connection": self.clients_per_connection,
@@ -149,6 +158,11 @@ impl Report {
                 "lost_updates": self.lost_updates,
                 "measured": measured,
                 "fewest_proxies_reached": self.changes.iter().map(|c| c.reached).min(),
+                "proxies_expected_mean": (!self.changes.is_empty()).then(|| {
+                    self.changes.iter().map(|c| c.expected).sum::<usize>() as f64
+                        / self.changes.len() as f64
+                }),
+                "out_of_scope_eds": self.out_of_scope_eds,
                 "rebuild_p50_ms": percentile(&mut rebuild, 50.0),
                 "all_acked_p50_ms": percentile(&mut all, 50.0),
                 "all_acked_p99_ms": percentile(&mut all, 99.0),
@@ -188,7 +202,7 @@ impl Report {
         let ch = &j["change"];
         let rss = &j["rss_mib"];
         let mut out = format!(
-            "services {} × {} endpoints, {} sidecars ({} per connection, {}), debounce {} ms (load average at start {})\n",
+            "services {} × {} endpoints, {} sidecars ({} per connection, {}{}), debounce {} ms (load average at start {})\n",
             self.services,
             crate::mesh::ENDPOINTS,
             self.clients,
@@ -197,6 +211,11 @@ impl Report {
                 "incremental xDS"
             } else {
                 "state-of-the-world xDS"
+            },
+            if self.scoped {
+                ", scoped by Sidecar resources"
+            } else {
+                ""
             },
             self.debounce_ms,
             self.load_at_start,
@@ -266,6 +285,13 @@ impl Report {
             f(&rss["per_proxy_kib"]),
             verdict(rss_ok),
         );
+        if self.scoped {
+            out += &format!(
+                "  scoped: a change reaches {} sidecars on average; EDS pushes to sidecars outside the scope: {}\n",
+                f(&ch["proxies_expected_mean"]),
+                self.out_of_scope_eds
+            );
+        }
         if self.lost_updates > 0 {
             out += &format!(
                 "  {} change(s) lost by the store (no new version), not measured\n",
@@ -326,6 +352,13 @@ pub fn markdown(runs: &[Value]) -> String {
             notes.push(format!(
                 "{} change(s) lost by the store",
                 ch["lost_updates"]
+            ));
+        }
+        if r["scoped"] == true {
+            notes.push(format!(
+                "scoped by Sidecar (./* + 5 services); a change reaches {} sidecars, {} EDS pushes out of scope",
+                f(&ch["proxies_expected_mean"]),
+                ch["out_of_scope_eds"]
             ));
         }
         if let Some(why) = r["aborted"].as_str() {

@@ -28,6 +28,8 @@ const ORIGIN: &str = "bench";
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     pub services: usize,
+    /// Load a Sidecar resource per namespace ([`mesh::sidecar_resources`]).
+    pub scoped: bool,
     pub debounce: Duration,
     pub max_debounce: Duration,
     pub endpoint_debounce: Duration,
@@ -39,7 +41,10 @@ pub struct Settings {
 /// Runs the control plane until `quit` or the end of stdin.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
-    let resources = mesh::services(settings.services);
+    let mut resources = mesh::services(settings.services);
+    if settings.scoped {
+        resources.extend(mesh::sidecar_resources(settings.services));
+    }
     let generate_ms = ms(started.elapsed());
     let store = Store::new();
     let started = Instant::now();

@@ -15,6 +15,8 @@ pub struct Tracker {
     eds_max: Vec<u64>,
     /// EDS ACKs (version, when) since the current change started.
     window: Vec<Vec<(u64, Instant)>>,
+    /// Sidecars the current change should reach (all, unless scoped).
+    expected: Vec<bool>,
     /// Responses ACKed per type since [`Tracker::reset_counts`].
     counts: [u64; 4],
     /// Resources and bytes of sidecar 0's last response of each type.
@@ -44,6 +46,7 @@ impl Tracker {
             failed: vec![None; clients],
             eds_max: vec![0; clients],
             window: vec![Vec::new(); clients],
+            expected: vec![true; clients],
             counts: [0; 4],
             sizes: [(0, 0); 4],
             acked_once: vec![[false; 4]; clients],
@@ -130,13 +133,35 @@ impl Tracker {
         self.sizes
     }
 
-    pub fn begin_change(&mut self) {
+    /// Starts a change that should reach the sidecars `expected` says.
+    pub fn begin_change(&mut self, expected: impl Fn(usize) -> bool) {
         self.window.iter_mut().for_each(Vec::clear);
+        for (c, e) in self.expected.iter_mut().enumerate() {
+            *e = expected(c);
+        }
     }
 
-    /// Every live sidecar has ACKed EDS generated from `version` or later.
+    /// How many sidecars the current change should reach.
+    pub fn expected(&self) -> usize {
+        self.expected.iter().filter(|e| **e).count()
+    }
+
+    /// EDS responses ACKed since the change began by sidecars it should not reach.
+    pub fn unexpected_eds(&self) -> usize {
+        self.window
+            .iter()
+            .zip(&self.expected)
+            .filter(|(_, e)| !**e)
+            .map(|(acks, _)| acks.len())
+            .sum()
+    }
+
+    /// Every live sidecar the change should reach has ACKed EDS generated
+    /// from `version` or later.
     pub fn all_reached(&self, version: u64) -> bool {
-        self.alive().all(|c| self.eds_max[c] >= version)
+        self.alive()
+            .filter(|c| self.expected[*c])
+            .all(|c| self.eds_max[c] >= version)
     }
 
     /// Per sidecar that got there: time from `started` to its first EDS ACK
@@ -145,7 +170,9 @@ impl Tracker {
         let times: Vec<f64> = self
             .window
             .iter()
-            .filter_map(|acks| acks.iter().find(|(v, _)| *v >= version))
+            .zip(&self.expected)
+            .filter(|(_, e)| **e)
+            .filter_map(|(acks, _)| acks.iter().find(|(v, _)| *v >= version))
             .map(|(_, at)| ms(at.duration_since(started)))
             .collect();
         let n = times.len();

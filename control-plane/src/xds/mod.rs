@@ -97,9 +97,23 @@ pub enum Changes {
     None,
     /// Only endpoints of some services.
     Endpoints(EndpointChanges),
+    /// Some services changed beyond their endpoints: anything may differ
+    /// for a proxy that imports one of them (see
+    /// [`ConfigState::imports_any`]); for the others, only what
+    /// `endpoints` says.
+    Services(ServiceChanges),
     /// Anything: every type may differ for every proxy.
     #[default]
     All,
+}
+
+/// The services part of [`Changes`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceChanges {
+    /// Hostnames of the services (before or after) that changed beyond their endpoints.
+    pub hosts: BTreeSet<String>,
+    /// Their endpoints (and those of endpoints-only changes merged in).
+    pub endpoints: EndpointChanges,
 }
 
 /// The endpoints-only part of [`Changes`]: EDS for these clusters, except
@@ -125,17 +139,54 @@ impl EndpointChanges {
     }
 }
 
+impl EndpointChanges {
+    fn extend(&mut self, other: EndpointChanges) {
+        self.clusters.extend(other.clusters);
+        self.workloads.extend(other.workloads);
+    }
+}
+
 impl Changes {
     /// The changes of both.
     pub fn merge(self, other: Changes) -> Changes {
         match (self, other) {
             (Changes::None, c) | (c, Changes::None) => c,
+            (Changes::All, _) | (_, Changes::All) => Changes::All,
             (Changes::Endpoints(mut a), Changes::Endpoints(b)) => {
-                a.clusters.extend(b.clusters);
-                a.workloads.extend(b.workloads);
+                a.extend(b);
                 Changes::Endpoints(a)
             }
-            _ => Changes::All,
+            (Changes::Services(mut s), Changes::Endpoints(e))
+            | (Changes::Endpoints(e), Changes::Services(mut s)) => {
+                s.endpoints.extend(e);
+                Changes::Services(s)
+            }
+            (Changes::Services(mut a), Changes::Services(b)) => {
+                a.hosts.extend(b.hosts);
+                a.endpoints.extend(b.endpoints);
+                Changes::Services(a)
+            }
+        }
+    }
+
+    /// What the changes are for `proxy`, going from state `old` to `new`:
+    /// [`Changes::Services`] becomes everything if the proxy imports one
+    /// of the services in either state, else its endpoints part.
+    pub fn for_proxy(
+        self,
+        proxy: &ProxyInfo,
+        new: &dyn ConfigState,
+        old: &dyn ConfigState,
+    ) -> Changes {
+        match self {
+            Changes::Services(s) => {
+                if new.imports_any(proxy, &s.hosts) || old.imports_any(proxy, &s.hosts) {
+                    Changes::All
+                } else {
+                    Changes::Endpoints(s.endpoints)
+                }
+            }
+            other => other,
         }
     }
 }
@@ -177,6 +228,21 @@ pub trait ConfigState: Send + Sync + 'static {
             .into_iter()
             .map(SharedResource::new)
             .collect())
+    }
+
+    /// What limits `proxy`'s view in this state (`Sidecar <ns>/<name>`), if
+    /// anything does: shown in `/debug/syncz` and logged at connect.
+    fn scope_of(&self, proxy: &ProxyInfo) -> Option<String> {
+        let _ = proxy;
+        None
+    }
+
+    /// Whether `proxy` may be sent anything about the services `hosts` in
+    /// this state (the default: yes). A state that scopes proxies (Sidecar
+    /// resources) says no for services out of the proxy's scope.
+    fn imports_any(&self, proxy: &ProxyInfo, hosts: &BTreeSet<String>) -> bool {
+        let _ = (proxy, hosts);
+        true
     }
 
     /// What may differ between the state of `version` (older) and this one.

@@ -2,10 +2,10 @@
 //! identical clusters, endpoints and routes, so each distinct answer is
 //! generated once per config version and shared.
 //!
-//! Keys hold exactly the proxy inputs a generator reads: namespace for
-//! clusters; role, namespace, network, cluster and locality for endpoints
+//! Keys hold exactly the proxy inputs a generator reads: namespace and
+//! the Sidecar that scopes the proxy ([`ViewKey`]) for clusters and listeners; role, namespace, network, cluster and locality for endpoints
 //! (plus labels when some DestinationRule uses `failoverPriority`);
-//! namespace for routes (plus labels when some VirtualService matches on
+//! the view for routes (plus labels when some VirtualService matches on
 //! `sourceLabels`). A new push context starts with empty caches, except
 //! that one reached by an endpoints-only change keeps the previous one's
 //! clusters, listeners and routes ([`Cache::carry_over`]).
@@ -187,18 +187,27 @@ impl<V: Clone> ByView<V> {
     }
 }
 
+/// What a sidecar's outbound clusters, listeners and routes depend on:
+/// its namespace and the Sidecar resource that scopes it (if any).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ViewKey {
+    pub(crate) namespace: String,
+    /// `<namespace>/<name>` of the Sidecar that applies.
+    pub(crate) sidecar: Option<Arc<str>>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RouteKey {
     name: String,
-    namespace: String,
+    view: ViewKey,
     labels: Labels,
 }
 
 impl RouteKey {
-    fn new(name: &str, proxy: &ProxyInfo, by_labels: bool) -> Self {
+    fn new(name: &str, view: &ViewKey, proxy: &ProxyInfo, by_labels: bool) -> Self {
         Self {
             name: name.to_string(),
-            namespace: proxy.namespace.clone(),
+            view: view.clone(),
             labels: by_labels.then(|| proxy.labels.clone()),
         }
     }
@@ -207,13 +216,13 @@ impl RouteKey {
 /// Shared generation results for one push context.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    clusters: Mutex<HashMap<String, Arc<Vec<XdsResource>>>>,
+    clusters: Mutex<HashMap<ViewKey, Arc<Vec<XdsResource>>>>,
     endpoints: ByView<Option<XdsResource>>,
     routes: Mutex<HashMap<RouteKey, XdsResource>>,
-    /// A sidecar's clusters but its inbound ones, by namespace.
-    shared_clusters: Mutex<HashMap<String, Shared>>,
-    /// A sidecar's listeners but `virtualInbound`, by namespace.
-    shared_listeners: Mutex<HashMap<String, Shared>>,
+    /// A sidecar's clusters but its inbound ones, by view.
+    shared_clusters: Mutex<HashMap<ViewKey, Shared>>,
+    /// A sidecar's listeners but `virtualInbound`, by view.
+    shared_listeners: Mutex<HashMap<ViewKey, Shared>>,
     shared_endpoints: ByView<Option<Arc<SharedResource>>>,
     shared_routes: Mutex<HashMap<RouteKey, Arc<SharedResource>>>,
     /// The registry's services by namespace, built on first use: a proxy's
@@ -280,18 +289,14 @@ impl Cache {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// A sidecar's shared clusters for `namespace`.
-    pub(crate) fn shared_clusters(&self, namespace: &str, make: impl FnOnce() -> Shared) -> Shared {
-        get_or_make(&self.shared_clusters, namespace.to_string(), make)
+    /// A sidecar's shared clusters for `view`.
+    pub(crate) fn shared_clusters(&self, view: &ViewKey, make: impl FnOnce() -> Shared) -> Shared {
+        get_or_make(&self.shared_clusters, view.clone(), make)
     }
 
-    /// A sidecar's shared listeners for `namespace`.
-    pub(crate) fn shared_listeners(
-        &self,
-        namespace: &str,
-        make: impl FnOnce() -> Shared,
-    ) -> Shared {
-        get_or_make(&self.shared_listeners, namespace.to_string(), make)
+    /// A sidecar's shared listeners for `view`.
+    pub(crate) fn shared_listeners(&self, view: &ViewKey, make: impl FnOnce() -> Shared) -> Shared {
+        get_or_make(&self.shared_listeners, view.clone(), make)
     }
 
     /// The assignments of `names` as `proxy` sees them, shared, in the
@@ -316,36 +321,30 @@ impl Cache {
     pub(crate) fn shared_route(
         &self,
         name: &str,
+        view: &ViewKey,
         proxy: &ProxyInfo,
         by_labels: bool,
         make: impl FnOnce() -> XdsResource,
     ) -> Arc<SharedResource> {
         get_or_make(
             &self.shared_routes,
-            RouteKey::new(name, proxy, by_labels),
+            RouteKey::new(name, view, proxy, by_labels),
             || SharedResource::new(make()),
         )
     }
 
-    /// Drops the plain outbound clusters of `namespace` (kept shared instead).
-    pub(crate) fn forget_outbound_clusters(&self, namespace: &str) {
-        lock(&self.clusters).remove(namespace);
+    /// Drops the plain outbound clusters of `view` (kept shared instead).
+    pub(crate) fn forget_outbound_clusters(&self, view: &ViewKey) {
+        lock(&self.clusters).remove(view);
     }
 
-    /// Outbound clusters for `namespace`, generated on first use.
+    /// Outbound clusters for `view`, generated on first use.
     pub(crate) fn outbound_clusters(
         &self,
-        namespace: &str,
+        view: &ViewKey,
         make: impl FnOnce() -> Vec<XdsResource>,
     ) -> Arc<Vec<XdsResource>> {
-        if let Some(hit) = lock(&self.clusters).get(namespace) {
-            return hit.clone();
-        }
-        let made = Arc::new(make());
-        lock(&self.clusters)
-            .entry(namespace.to_string())
-            .or_insert(made)
-            .clone()
+        get_or_make(&self.clusters, view.clone(), || Arc::new(make()))
     }
 
     /// One cluster's assignment as `proxy` sees it.
@@ -363,10 +362,15 @@ impl Cache {
     pub(crate) fn route(
         &self,
         name: &str,
+        view: &ViewKey,
         proxy: &ProxyInfo,
         by_labels: bool,
         make: impl FnOnce() -> XdsResource,
     ) -> XdsResource {
-        get_or_make(&self.routes, RouteKey::new(name, proxy, by_labels), make)
+        get_or_make(
+            &self.routes,
+            RouteKey::new(name, view, proxy, by_labels),
+            make,
+        )
     }
 }

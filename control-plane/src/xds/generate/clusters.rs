@@ -10,6 +10,7 @@
 //! need one transport socket match per endpoint for no gain.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -39,7 +40,9 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use isthmus_api::naming::{Sni, SpiffeId};
 use isthmus_api::networking::{ClientTlsMode, H2UpgradePolicy, SimpleLb};
 
-use super::{EffectivePolicy, PushContext, cluster_name, duration, resource, tls, u32_value};
+use super::{
+    EffectivePolicy, PushContext, SidecarScope, cluster_name, duration, resource, tls, u32_value,
+};
 use crate::registry::{MeshLocation, Protocol, Resolution, Service, ServicePort};
 use crate::xds::{ProxyInfo, XdsResource};
 
@@ -55,9 +58,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every cluster a sidecar needs: the outbound ones (shared by every proxy
 /// in the namespace, so generated once per push context) plus its own.
 pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
-    let shared = pc
-        .cache
-        .outbound_clusters(&proxy.namespace, || outbound_all(pc, &proxy.namespace));
+    let scope = pc.sidecar_for(proxy).map(Arc::as_ref);
+    let shared = pc.cache.outbound_clusters(&pc.view_key(proxy), || {
+        outbound_all(pc, &proxy.namespace, scope)
+    });
     let mut out = Vec::with_capacity(shared.len() + 4);
     out.extend(shared.iter().cloned());
     out.extend(inbound(pc, proxy));
@@ -74,11 +78,17 @@ pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
     out
 }
 
-/// The outbound clusters visible from `namespace`.
-fn outbound_all(pc: &PushContext, namespace: &str) -> Vec<XdsResource> {
+/// The outbound clusters visible from `namespace` (and in `scope`).
+fn outbound_all(
+    pc: &PushContext,
+    namespace: &str,
+    scope: Option<&SidecarScope>,
+) -> Vec<XdsResource> {
     let mut out = Vec::new();
     for svc in pc.registry.services() {
-        if !super::visible(&svc.export_to, Some(&svc.namespace), namespace) {
+        if !super::visible(&svc.export_to, Some(&svc.namespace), namespace)
+            || scope.is_some_and(|s| !s.admits_any(svc))
+        {
             continue;
         }
         let dr = pc.destination_rule(&svc.hostname, namespace, &svc.namespace);
@@ -89,6 +99,9 @@ fn outbound_all(pc: &PushContext, namespace: &str) -> Vec<XdsResource> {
             )
             .collect();
         for port in &svc.ports {
+            if scope.is_some_and(|s| !s.admits(svc, port)) {
+                continue;
+            }
             for subset in &subsets {
                 let policy = EffectivePolicy::resolve(dr, port.port, *subset);
                 out.push(resource(

@@ -36,8 +36,10 @@ use crate::xds::{ProxyInfo, ProxyRole, XdsResource};
 
 /// Assignments for the clusters the proxy asked for (unknown names are skipped).
 pub fn generate(pc: &PushContext, proxy: &ProxyInfo, names: &BTreeSet<String>) -> Vec<XdsResource> {
+    let scope = pc.sidecar_for(proxy).map(std::sync::Arc::as_ref);
     names
         .iter()
+        .filter(|name| pc.in_scope(scope, name))
         .filter_map(|name| {
             pc.cache
                 .endpoints(name, proxy, pc.uses_failover_priority, || {

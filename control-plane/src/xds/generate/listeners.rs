@@ -46,11 +46,15 @@ pub const INBOUND_PORT: u16 = 15006;
 pub fn sidecar(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
     let mut http_ports = BTreeSet::new();
     let mut tcp: BTreeMap<String, (String, u16, String)> = BTreeMap::new();
+    let scope = pc.sidecar_for(proxy);
     for svc in pc.registry.services() {
         if !super::visible(&svc.export_to, Some(&svc.namespace), &proxy.namespace) {
             continue;
         }
         for port in &svc.ports {
+            if scope.is_some_and(|s| !s.admits(svc, port)) {
+                continue;
+            }
             if port.protocol.is_http() {
                 http_ports.insert(port.port);
             } else {

@@ -15,6 +15,7 @@ pub mod listeners;
 mod policy;
 pub mod rbac;
 pub mod routes;
+pub mod scope;
 pub mod secrets;
 mod tls;
 
@@ -34,14 +35,16 @@ use prost::Name;
 
 use super::{
     CLUSTER, Changes, ConfigState, ENDPOINT, EndpointChanges, GenerateError, LISTENER, ProxyInfo,
-    ProxyRole, ROUTE, SECRET, SharedResource, XdsResource,
+    ProxyRole, ROUTE, SECRET, ServiceChanges, SharedResource, XdsResource,
 };
 use crate::dns_feed::build::vip_listener_hosts;
 use crate::dns_feed::vip::VipRange;
 use crate::registry::{ClusterContext, Registry, Resolution, Service};
 use crate::resolve::ResolvedGateways;
 
+pub(crate) use cache::ViewKey;
 pub use policy::EffectivePolicy;
+pub use scope::{SidecarScope, Sidecars};
 
 /// What the control plane knows about the mesh beyond the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +103,8 @@ pub struct PushContext {
     /// Gateway resources (AUTO_PASSTHROUGH servers pick the gateway's ports).
     pub gateways_resources: Vec<Arc<Resource>>,
     pub authorization_policies: Vec<Arc<Resource>>,
+    /// Sidecar resources (config scoping), by namespace.
+    pub sidecars: Arc<Sidecars>,
     /// Problems met while indexing; each names its resource.
     pub warnings: Vec<String>,
     /// Whether some DestinationRule uses `failoverPriority` (then EDS depends on proxy labels).
@@ -155,6 +160,11 @@ impl PushContext {
             let host = qualify(&dr.spec.host, ns, &mesh.cluster.domain);
             destination_rules.entry(host).or_default().push(r.clone());
         }
+        let sidecars = Arc::new(Sidecars::build(
+            snapshot.of_kind(Kind::Sidecar),
+            &mesh.root_namespace,
+            &mut warnings,
+        ));
         let uses_failover_priority = snapshot
             .of_kind(Kind::DestinationRule)
             .any(|r| matches!(&**r, Resource::DestinationRule(dr) if uses_failover_priority(dr)));
@@ -185,6 +195,7 @@ impl PushContext {
                 .of_kind(Kind::AuthorizationPolicy)
                 .cloned()
                 .collect(),
+            sidecars,
             warnings,
             mesh,
         }
@@ -196,8 +207,10 @@ impl PushContext {
     ///
     /// Changes to ServiceEntries only rebuild the services they touch
     /// ([`Registry::update`]) and keep everything else; a service whose
-    /// endpoints alone changed is an endpoints-only change (EDS). Any other
-    /// change rebuilds the whole context and may change anything.
+    /// endpoints alone changed is an endpoints-only change (EDS), any other
+    /// change of a service is [`Changes::Services`] (everything, for the
+    /// proxies that import it). Any other change rebuilds the whole context
+    /// and may change anything.
     pub fn next(
         &self,
         previous: &Snapshot,
@@ -306,20 +319,39 @@ impl PushContext {
                 (Some(old), Some(new)) if endpoints_only(self, old, new) => {
                     Changes::Endpoints(self.endpoint_changes(old, new))
                 }
-                _ => Changes::All,
+                (old, new) => {
+                    let (old, new) = (old.or(new), new.or(old));
+                    let (Some(old), Some(new)) = (old, new) else {
+                        continue;
+                    };
+                    Changes::Services(ServiceChanges {
+                        hosts: BTreeSet::from([host.clone()]),
+                        endpoints: self.endpoint_changes(old, new),
+                    })
+                }
             };
             changes = changes.merge(step);
-            if changes == Changes::All {
-                break;
-            }
         }
         let cache = match &changes {
-            Changes::All => cache::Cache::default(),
+            Changes::All | Changes::Services(_) => cache::Cache::default(),
             Changes::None | Changes::Endpoints(_) => self.cache.carry_over(),
         };
-        // Names and addresses only change with a change that is not endpoints-only.
-        let global_vips = match &changes {
+        // Names and addresses only change with a change that is not
+        // endpoints-only; a service whose global VIPs moved (allocation is
+        // by name, so only on a collision) changed too.
+        let global_vips = match &mut changes {
             Changes::All => Arc::new(vip_listener_hosts(&registry, &self.mesh.vip_range)),
+            Changes::Services(s) => {
+                let vips = Arc::new(vip_listener_hosts(&registry, &self.mesh.vip_range));
+                s.hosts.extend(
+                    self.global_vips
+                        .keys()
+                        .chain(vips.keys())
+                        .filter(|h| self.global_vips.get(*h) != vips.get(*h))
+                        .cloned(),
+                );
+                vips
+            }
             Changes::None | Changes::Endpoints(_) => self.global_vips.clone(),
         };
         let pc = PushContext {
@@ -337,6 +369,7 @@ impl PushContext {
             peer_authentications: self.peer_authentications.clone(),
             gateways_resources: self.gateways_resources.clone(),
             authorization_policies: self.authorization_policies.clone(),
+            sidecars: self.sidecars.clone(),
             // Registry warnings come first; both registries have none.
             warnings: self.warnings[self.registry.warnings.len()..].to_vec(),
             uses_failover_priority: self.uses_failover_priority,
@@ -451,6 +484,33 @@ impl PushContext {
             })
     }
 
+    /// The Sidecar resource that scopes `proxy`, if any (see [`scope`]).
+    pub fn sidecar_for(&self, proxy: &ProxyInfo) -> Option<&Arc<SidecarScope>> {
+        self.sidecars.select(proxy, &self.mesh.root_namespace)
+    }
+
+    /// What `proxy`'s outbound clusters, listeners and routes depend on.
+    pub(crate) fn view_key(&self, proxy: &ProxyInfo) -> ViewKey {
+        ViewKey {
+            namespace: proxy.namespace.clone(),
+            sidecar: self.sidecar_for(proxy).map(|s| s.name.clone()),
+        }
+    }
+
+    /// Whether the EDS cluster `name` is in `scope` (every name is when no
+    /// Sidecar scopes the proxy; a name of no known service port is not).
+    pub(crate) fn in_scope(&self, scope: Option<&SidecarScope>, name: &str) -> bool {
+        let Some(scope) = scope else {
+            return true;
+        };
+        parse_cluster_name(name)
+            .and_then(|(port, _, host)| {
+                let svc = self.registry.service(host)?;
+                Some(scope.admits(svc, svc.port(port)?))
+            })
+            .unwrap_or(false)
+    }
+
     /// Trust domain of the cluster an endpoint runs in.
     pub fn trust_domain_of(&self, cluster: &str) -> &str {
         self.trust_domains
@@ -495,18 +555,19 @@ impl ConfigState for PushContext {
         let shared = |r: Vec<XdsResource>| r.into_iter().map(SharedResource::new);
         let out = match (type_url, proxy.role) {
             (CLUSTER, ProxyRole::Sidecar) => {
-                let all = self.cache.shared_clusters(&proxy.namespace, || {
+                let view = self.view_key(proxy);
+                let all = self.cache.shared_clusters(&view, || {
                     let made = clusters::sidecar(self, proxy)
                         .into_iter()
                         .filter(|r| !r.name.starts_with("inbound|"));
                     // Kept shared from here on; the copy `sidecar` cached is not needed.
-                    self.cache.forget_outbound_clusters(&proxy.namespace);
+                    self.cache.forget_outbound_clusters(&view);
                     sorted(made.map(SharedResource::new).collect())
                 });
                 with_own(&all, shared(clusters::inbound(self, proxy)))
             }
             (LISTENER, ProxyRole::Sidecar) => {
-                let all = self.cache.shared_listeners(&proxy.namespace, || {
+                let all = self.cache.shared_listeners(&self.view_key(proxy), || {
                     let made = listeners::sidecar(self, proxy)
                         .into_iter()
                         .filter(|r| r.name != VIRTUAL_INBOUND);
@@ -515,27 +576,55 @@ impl ConfigState for PushContext {
                 let inbound = resource(VIRTUAL_INBOUND, listeners::inbound(self, proxy));
                 with_own(&all, [SharedResource::new(inbound)])
             }
-            (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => self
-                .cache
-                .shared_endpoints_many(names, proxy, self.uses_failover_priority, |name| {
-                    endpoints::assignment(self, proxy, name)
-                        .map(|cla| resource(name.to_string(), cla))
-                }),
-            (ROUTE, ProxyRole::Sidecar) => names
-                .iter()
-                .filter_map(|n| {
-                    let port = n.parse().ok()?;
-                    Some(
-                        self.cache
-                            .shared_route(n, proxy, self.uses_source_labels, || {
-                                resource(n.clone(), routes::route_config(self, proxy, port))
-                            }),
-                    )
-                })
-                .collect(),
+            (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => {
+                let scope = self.sidecar_for(proxy).map(Arc::as_ref);
+                let names = names.iter().filter(|n| self.in_scope(scope, n));
+                self.cache.shared_endpoints_many(
+                    names,
+                    proxy,
+                    self.uses_failover_priority,
+                    |name| {
+                        endpoints::assignment(self, proxy, name)
+                            .map(|cla| resource(name.to_string(), cla))
+                    },
+                )
+            }
+            (ROUTE, ProxyRole::Sidecar) => {
+                let view = self.view_key(proxy);
+                names
+                    .iter()
+                    .filter_map(|n| {
+                        let port = n.parse().ok()?;
+                        Some(self.cache.shared_route(
+                            n,
+                            &view,
+                            proxy,
+                            self.uses_source_labels,
+                            || resource(n.clone(), routes::route_config(self, proxy, port)),
+                        ))
+                    })
+                    .collect()
+            }
             _ => shared(self.generate(proxy, type_url, names)?).collect(),
         };
         Ok(out)
+    }
+
+    fn imports_any(&self, proxy: &ProxyInfo, hosts: &BTreeSet<String>) -> bool {
+        let Some(scope) = self.sidecar_for(proxy) else {
+            return true;
+        };
+        hosts.iter().any(|h| {
+            self.registry.service(h).is_some_and(|svc| {
+                visible(&svc.export_to, Some(&svc.namespace), &proxy.namespace)
+                    && scope.admits_any(svc)
+            })
+        })
+    }
+
+    fn scope_of(&self, proxy: &ProxyInfo) -> Option<String> {
+        self.sidecar_for(proxy)
+            .map(|s| format!("Sidecar {}", s.name))
     }
 
     fn changes_since(&self, version: u64) -> Changes {

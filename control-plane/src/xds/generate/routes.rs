@@ -55,9 +55,12 @@ pub fn generate(pc: &PushContext, proxy: &ProxyInfo, names: &BTreeSet<String>) -
         .iter()
         .filter_map(|n| {
             let port = n.parse().ok()?;
-            Some(pc.cache.route(n, proxy, pc.uses_source_labels, || {
-                resource(n.clone(), route_config(pc, proxy, port))
-            }))
+            Some(
+                pc.cache
+                    .route(n, &pc.view_key(proxy), proxy, pc.uses_source_labels, || {
+                        resource(n.clone(), route_config(pc, proxy, port))
+                    }),
+            )
         })
         .collect()
 }
@@ -66,9 +69,14 @@ pub fn generate(pc: &PushContext, proxy: &ProxyInfo, names: &BTreeSet<String>) -
 pub fn route_config(pc: &PushContext, proxy: &ProxyInfo, port: u16) -> RouteConfiguration {
     let mut used = BTreeSet::new();
     let mut virtual_hosts = Vec::new();
+    let scope = pc.sidecar_for(proxy);
     for svc in pc.registry.services() {
+        let Some(svc_port) = svc.port(port) else {
+            continue;
+        };
         if !super::visible(&svc.export_to, Some(&svc.namespace), &proxy.namespace)
-            || !svc.port(port).is_some_and(|p| p.protocol.is_http())
+            || !svc_port.protocol.is_http()
+            || scope.is_some_and(|s| !s.admits(svc, svc_port))
         {
             continue;
         }

@@ -4,8 +4,11 @@
 //! A push asks the new state what changed since the stream's state
 //! ([`ConfigState::changes_since`](crate::xds::ConfigState::changes_since)):
 //! nothing; endpoints only (then only the changed assignments the proxy
-//! subscribed to go out, as a partial EDS response); or anything (then every
-//! subscribed type is regenerated and sent if its digest changed).
+//! subscribed to go out, as a partial EDS response); some services (anything
+//! for a proxy that imports one of them, else their endpoints only:
+//! [`Changes::for_proxy`](crate::xds::Changes::for_proxy), Sidecar scoping);
+//! or anything (then every subscribed type is regenerated and sent if its
+//! digest changed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -85,7 +88,11 @@ impl Connection {
             .connections
             .insert(View::new(id, &proxy, current.state.clone(), false));
         inner.metrics.connected().inc();
-        info!(connection = id, "proxy connected");
+        info!(
+            connection = id,
+            scope = current.state.scope_of(&proxy).as_deref().unwrap_or("none"),
+            "proxy connected"
+        );
         Self {
             inner,
             id,
@@ -229,8 +236,12 @@ impl Connection {
             trace!(version, current, "update not newer than the stream's state");
             return Ok(());
         }
-        let changes = update.state.changes_since(current);
         let previous = std::mem::replace(&mut self.current, update);
+        let changes = self.current.state.changes_since(current).for_proxy(
+            &self.proxy,
+            &*self.current.state,
+            &*previous.state,
+        );
         let (changed, small) = match changes {
             Changes::None => (Vec::new(), true),
             Changes::Endpoints(scope) if !scope.affects_whole(&self.proxy) => {
@@ -241,7 +252,9 @@ impl Connection {
                 });
                 (step.into_iter().collect(), small)
             }
-            Changes::Endpoints(_) | Changes::All => (self.changed_types().await, false),
+            Changes::Endpoints(_) | Changes::Services(_) | Changes::All => {
+                (self.changed_types().await, false)
+            }
         };
         if changed.is_empty() {
             trace!(version, "nothing changed for this proxy");

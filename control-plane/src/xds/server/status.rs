@@ -25,6 +25,9 @@ pub struct ProxySyncStatus {
     pub connected_since: SystemTime,
     /// Whether the stream speaks incremental xDS (`DeltaAggregatedResources`).
     pub incremental: bool,
+    /// What scopes the proxy's config in the stream's current state
+    /// (`Sidecar <namespace>/<name>`), if anything does.
+    pub scope: Option<String>,
     /// Per subscribed type URL.
     pub types: BTreeMap<String, TypeSyncStatus>,
 }
@@ -80,6 +83,7 @@ impl View {
                 cluster: proxy.cluster.clone(),
                 connected_since: SystemTime::now(),
                 incremental,
+                scope: state.scope_of(proxy),
                 types: BTreeMap::new(),
             },
             proxy: proxy.clone(),
@@ -134,8 +138,16 @@ impl Connections {
 
     /// Every stream's status, ordered by proxy id, then connection.
     pub(super) fn statuses(&self) -> Vec<ProxySyncStatus> {
-        let mut all: Vec<ProxySyncStatus> =
-            self.all().iter().map(|v| lock(v).status.clone()).collect();
+        let mut all: Vec<ProxySyncStatus> = self
+            .all()
+            .iter()
+            .map(|v| {
+                let view = lock(v);
+                let mut status = view.status.clone();
+                status.scope = view.state.scope_of(&view.proxy);
+                status
+            })
+            .collect();
         all.sort_by(|a, b| {
             (a.proxy_id.as_str(), a.connection).cmp(&(b.proxy_id.as_str(), b.connection))
         });

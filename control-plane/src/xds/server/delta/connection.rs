@@ -395,7 +395,11 @@ impl Connection {
             trace!(version, current, "update not newer than the stream's state");
             return Ok(());
         }
-        let changes = update.state.changes_since(current);
+        let changes = update.state.changes_since(current).for_proxy(
+            &self.proxy,
+            &*update.state,
+            &*self.current.state,
+        );
         self.current = update;
         let (steps, small) = match changes {
             Changes::None => (Vec::new(), true),
@@ -411,7 +415,9 @@ impl Connection {
                 });
                 (step.into_iter().collect(), small)
             }
-            Changes::Endpoints(_) | Changes::All => (self.changed_types().await, false),
+            Changes::Endpoints(_) | Changes::Services(_) | Changes::All => {
+                (self.changed_types().await, false)
+            }
         };
         if steps.is_empty() {
             trace!(version, "nothing changed for this proxy");
@@ -653,7 +659,11 @@ impl Protocol for Connection {
             .connections
             .insert(View::new(id, &proxy, current.state.clone(), true));
         inner.metrics.connected().inc();
-        info!(connection = id, "proxy connected (incremental)");
+        info!(
+            connection = id,
+            scope = current.state.scope_of(&proxy).as_deref().unwrap_or("none"),
+            "proxy connected (incremental)"
+        );
         Self {
             inner,
             id,
