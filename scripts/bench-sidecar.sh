@@ -400,7 +400,8 @@ wrk_pct() { echo "$1" | awk -v p="$2" '$1 == p {print $2}'; }
   echo "Max-throughput rounds (requests/s): direct ${rounds[direct]}; mesh ${rounds[mesh]}; nginx ${rounds[nginx]}."
   if [[ -n ${BASELINE_BIN:-} ]]; then
     echo "Baseline sidecars ($BASELINE_BIN): max-throughput rounds ${rounds[mesh-base]}; vCPU per 1k rps (pair) $cpu_base;" \
-      "RSS after the runs client $(mem "$client_base_pid"), server $(mem "$server_base_pid")."
+      "RSS after the runs client $(mem "$client_base_pid"), server $(mem "$server_base_pid");" \
+      "resident MiB by mapping: client $(breakdown "$client_base_pid"); server $(breakdown "$server_base_pid")."
   fi
   echo "Mesh path CPU per 1,000 rps: client sidecar $cpu_client vCPU, server sidecar $cpu_server vCPU."
   echo "Sidecar memory after the runs ($clusters outbound clusters from $services services and the benchmark's):" \
