@@ -7,28 +7,22 @@
 mod ads_delta_support;
 #[allow(dead_code)]
 mod ads_support;
+mod store_support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ads_delta_support::DeltaClient;
-use ads_support::{Client, TIMEOUT, names, proxy, summary};
-use isthmus_api::Resource;
-use isthmus_api::load::load_yaml;
+use ads_support::{TIMEOUT, names, proxy, summary};
 use isthmus_config::Store;
-use isthmus_control_plane::controller;
-use isthmus_control_plane::registry::{ClusterContext, Registry};
-use isthmus_control_plane::xds::generate::{MeshConfig, PushContext};
-use isthmus_control_plane::xds::server::{AdsOptions, AdsServer};
+use isthmus_control_plane::registry::Registry;
+use isthmus_control_plane::xds::generate::PushContext;
 use isthmus_control_plane::xds::{
     CLUSTER, Changes, ConfigState, ENDPOINT, LISTENER, ProxyInfo, ROUTE,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use store_support::{ControlPlane, ORIGIN, mesh, resources, upsert};
 
-const ORIGIN: &str = "mesh.yaml";
 const QUIET: Duration = Duration::from_millis(300);
 
 /// Three services in `sample` (the `sleep` test proxy, 127.0.10.5, is an
@@ -67,30 +61,6 @@ fn mesh_yaml() -> String {
     .join("---\n")
 }
 
-fn resources(yaml: &str) -> Vec<Resource> {
-    let loaded = load_yaml(Some(ORIGIN), yaml);
-    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    loaded.resources
-}
-
-fn mesh() -> MeshConfig {
-    MeshConfig {
-        cluster: ClusterContext {
-            cluster: "east".into(),
-            network: "net-east".into(),
-            domain: "cluster.local".into(),
-        },
-        ..MeshConfig::default()
-    }
-}
-
-/// Replaces one object in the store.
-fn upsert(store: &Store, yaml: &str) -> u64 {
-    let mut r = resources(yaml);
-    store.update(|t| t.upsert(ORIGIN, r.remove(0)));
-    store.snapshot().version()
-}
-
 fn cluster(name: &str) -> String {
     format!("outbound|80||{name}.mesh.internal")
 }
@@ -103,57 +73,9 @@ fn in_namespace(workload: &str, ns: &str) -> ProxyInfo {
     p
 }
 
-/// The real control plane (store → controller → ADS) on loopback.
-struct ControlPlane {
-    store: Store,
-    server: AdsServer,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl ControlPlane {
-    async fn start() -> Self {
-        let store = Store::new();
-        store.replace_origin(ORIGIN, resources(&mesh_yaml()));
-        let shutdown = CancellationToken::new();
-        let published = controller::spawn(&store, mesh(), shutdown.clone());
-        let server = AdsServer::new(
-            published.state.clone(),
-            AdsOptions {
-                debounce: Duration::from_millis(100),
-                endpoint_debounce: Duration::from_millis(10),
-                ..AdsOptions::default()
-            },
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        tokio::spawn({
-            let server = server.clone();
-            let shutdown = shutdown.clone();
-            async move { server.serve(listener, shutdown).await.expect("serves") }
-        });
-        Self {
-            store,
-            server,
-            addr,
-            shutdown,
-        }
-    }
-
-    async fn client(&self, p: &ProxyInfo) -> Client {
-        Client::connect(self.addr, Some(p.to_node())).await
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 #[tokio::test]
 async fn endpoint_change_sends_only_the_changed_assignment() {
-    let cp = ControlPlane::start().await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
     let sleep = proxy("sleep");
     let mut c = cp.client(&sleep).await;
     let [cds, eds, ..] = c.sync(&["80"]).await;
@@ -202,7 +124,7 @@ async fn endpoint_change_sends_only_the_changed_assignment() {
 /// assignment, to the proxies that see it only, and a nonce as ACK.
 #[tokio::test]
 async fn incremental_endpoint_change_sends_one_assignment() {
-    let cp = ControlPlane::start().await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
     let sleep = proxy("sleep");
     let mut c = DeltaClient::connect(cp.addr, Some(sleep.to_node())).await;
     let [_, eds, ..] = c.sync(&["80"]).await;
@@ -256,7 +178,7 @@ async fn incremental_endpoint_change_sends_one_assignment() {
 
 #[tokio::test]
 async fn proxy_whose_view_did_not_change_gets_nothing() {
-    let cp = ControlPlane::start().await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
     let mut sleep = cp.client(&proxy("sleep")).await;
     sleep.sync(&["80"]).await;
     let other = in_namespace("web", "other");
@@ -279,7 +201,7 @@ async fn proxy_whose_view_did_not_change_gets_nothing() {
 
 #[tokio::test]
 async fn proxy_that_is_a_changed_endpoint_gets_its_own_config_again() {
-    let cp = ControlPlane::start().await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
     let sleep = proxy("sleep");
     let mut c = cp.client(&sleep).await;
     let [cds, ..] = c.sync(&["80"]).await;

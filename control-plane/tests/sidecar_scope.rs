@@ -6,28 +6,23 @@
 mod ads_delta_support;
 #[allow(dead_code)]
 mod ads_support;
+#[allow(dead_code)]
+mod store_support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use ads_delta_support::DeltaClient;
 use ads_support::{Client, names, proxy, summary};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use isthmus_api::load::load_yaml;
-use isthmus_api::{Kind, Resource, ResourceKey};
+use isthmus_api::{Kind, ResourceKey};
 use isthmus_config::Store;
-use isthmus_control_plane::controller;
-use isthmus_control_plane::registry::ClusterContext;
 use isthmus_control_plane::xds::generate::MeshConfig;
-use isthmus_control_plane::xds::server::{AdsOptions, AdsServer};
 use isthmus_control_plane::xds::{CLUSTER, ENDPOINT, LISTENER, ProxyInfo, ROUTE};
 use prost::Message;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use store_support::{ControlPlane, ORIGIN, resources, upsert};
 
-const ORIGIN: &str = "mesh.yaml";
 const QUIET: Duration = Duration::from_millis(300);
 
 fn service_entry(name: &str, ns: &str, host: &str, port: &str, endpoint: &str) -> String {
@@ -96,17 +91,6 @@ spec:
     .join("---\n")
 }
 
-fn resources(yaml: &str) -> Vec<Resource> {
-    let loaded = load_yaml(Some(ORIGIN), yaml);
-    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    loaded.resources
-}
-
-fn upsert(store: &Store, yaml: &str) {
-    let mut r = resources(yaml);
-    store.update(|t| t.upsert(ORIGIN, r.remove(0)));
-}
-
 fn cluster(host: &str) -> String {
     format!("outbound|80||{host}")
 }
@@ -124,65 +108,6 @@ fn web() -> ProxyInfo {
     p.ip = "127.0.20.1".parse().ok();
     p.id = ProxyInfo::node_id(p.role, p.ip, "web", "sample");
     p
-}
-
-struct ControlPlane {
-    store: Store,
-    server: AdsServer,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl ControlPlane {
-    async fn start() -> Self {
-        let store = Store::new();
-        store.replace_origin(ORIGIN, resources(&mesh_yaml()));
-        let shutdown = CancellationToken::new();
-        let mesh = MeshConfig {
-            cluster: ClusterContext {
-                cluster: "east".into(),
-                network: "net-east".into(),
-                domain: "cluster.local".into(),
-            },
-            ..MeshConfig::default()
-        };
-        let published = controller::spawn(&store, mesh, shutdown.clone());
-        let server = AdsServer::new(
-            published.state.clone(),
-            AdsOptions {
-                debounce: Duration::from_millis(100),
-                endpoint_debounce: Duration::from_millis(10),
-                ..AdsOptions::default()
-            },
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        tokio::spawn({
-            let server = server.clone();
-            let shutdown = shutdown.clone();
-            async move { server.serve(listener, shutdown).await.expect("serves") }
-        });
-        Self {
-            store,
-            server,
-            addr,
-            shutdown,
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn outbound(names: &[String]) -> Vec<&str> {
-    names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| n.starts_with("outbound|"))
-        .collect()
 }
 
 fn virtual_hosts(rds: &DiscoveryResponse) -> Vec<String> {
@@ -236,12 +161,12 @@ fn subscribed_eds(clusters: &[String]) -> Vec<&str> {
 
 #[tokio::test]
 async fn scoped_proxy_gets_only_the_services_it_imports() {
-    let cp = ControlPlane::start().await;
-    let mut c = Client::connect(cp.addr, Some(sleep().to_node())).await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
+    let mut c = cp.client(&sleep()).await;
     let [cds, eds, lds, rds] = c.sync(&["80"]).await;
     let want = [cluster("a.mesh.internal"), cluster("hello.west.global")];
     // The rules for b bring neither b nor its subset back.
-    assert_eq!(outbound(&names(&cds)), want);
+    assert_eq!(subscribed_eds(&names(&cds)), want);
     assert!(
         names(&cds).contains(&"inbound|80||".to_string()),
         "inbound side unchanged"
@@ -262,10 +187,10 @@ async fn scoped_proxy_gets_only_the_services_it_imports() {
     );
 
     // An unscoped proxy of the same namespace sees everything.
-    let mut w = Client::connect(cp.addr, Some(web().to_node())).await;
+    let mut w = cp.client(&web()).await;
     let [cds, _, lds, rds] = w.sync(&["80"]).await;
     assert_eq!(
-        outbound(&names(&cds)),
+        subscribed_eds(&names(&cds)),
         [
             "outbound|5432||db.mesh.internal".to_string(),
             "outbound|80|v1|b.mesh.internal".to_string(),
@@ -304,11 +229,11 @@ async fn scoped_proxy_gets_only_the_services_it_imports() {
 
 #[tokio::test]
 async fn out_of_scope_changes_do_not_push_the_scoped_proxy() {
-    let cp = ControlPlane::start().await;
-    let mut c = Client::connect(cp.addr, Some(sleep().to_node())).await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
+    let mut c = cp.client(&sleep()).await;
     let [cds, ..] = c.sync(&["80"]).await;
     let mut clusters = names(&cds);
-    let mut w = Client::connect(cp.addr, Some(web().to_node())).await;
+    let mut w = cp.client(&web()).await;
     let [web_cds, ..] = w.sync(&["80"]).await;
     let mut web_clusters = names(&web_cds);
 
@@ -376,7 +301,7 @@ async fn out_of_scope_changes_do_not_push_the_scoped_proxy() {
         .find(|r| r.type_url == CLUSTER)
         .expect("CDS pushed");
     assert_eq!(
-        outbound(&names(new_cds)),
+        subscribed_eds(&names(new_cds)),
         [
             cluster("a.mesh.internal"),
             cluster("hello.west.global"),
@@ -387,14 +312,14 @@ async fn out_of_scope_changes_do_not_push_the_scoped_proxy() {
 
 #[tokio::test]
 async fn editing_the_sidecar_rescopes_the_proxies_it_selects() {
-    let cp = ControlPlane::start().await;
+    let cp = ControlPlane::start(&mesh_yaml()).await;
     let mut c = DeltaClient::connect(cp.addr, Some(sleep().to_node())).await;
     let [cds, ..] = c.sync(&["80"]).await;
     assert_eq!(
-        outbound(&ads_delta_support::names(&cds)),
+        subscribed_eds(&ads_delta_support::names(&cds)),
         [cluster("a.mesh.internal"), cluster("hello.west.global")]
     );
-    let mut w = Client::connect(cp.addr, Some(web().to_node())).await;
+    let mut w = cp.client(&web()).await;
     w.sync(&["80"]).await;
 
     // Import b too: CDS adds b (and its subset), LDS/RDS follow; web unchanged.
