@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use isthmus_api::naming::Locality;
 
-use crate::registry::Service;
+use crate::registry::{Protocol, Service};
 use crate::xds::{ProxyInfo, ProxyRole, SharedResource, XdsResource};
 
 /// Resources shared by every stream that sends them.
@@ -38,23 +38,39 @@ struct EndpointView {
     cluster: String,
     locality: Locality,
     labels: Labels,
+    /// The Sidecar that scopes the proxy: a name outside its scope is
+    /// cached as having no assignment.
+    scope: Option<Arc<str>>,
+}
+
+/// A proxy as an assignment sees it: the proxy, whether its labels matter,
+/// and the Sidecar scoping it (`<namespace>/<name>`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EndpointQuery<'a> {
+    pub(crate) proxy: &'a ProxyInfo,
+    pub(crate) by_labels: bool,
+    pub(crate) scope: Option<&'a Arc<str>>,
 }
 
 impl EndpointView {
-    fn of(proxy: &ProxyInfo, by_labels: bool) -> Self {
+    fn of(q: EndpointQuery<'_>) -> Self {
+        let proxy = q.proxy;
         Self {
             role: proxy.role,
             namespace: proxy.namespace.clone(),
             network: proxy.network.clone(),
             cluster: proxy.cluster.clone(),
             locality: proxy.locality.clone(),
-            labels: by_labels.then(|| proxy.labels.clone()),
+            labels: q.by_labels.then(|| proxy.labels.clone()),
+            scope: q.scope.cloned(),
         }
     }
 
-    /// Whether `proxy` has this view (compared in place, nothing copied).
-    fn is_of(&self, proxy: &ProxyInfo, by_labels: bool) -> bool {
-        self.role == proxy.role
+    /// Whether the query's proxy has this view (compared in place, nothing copied).
+    fn is_of(&self, q: EndpointQuery<'_>) -> bool {
+        let (proxy, by_labels) = (q.proxy, q.by_labels);
+        self.scope.as_ref() == q.scope
+            && self.role == proxy.role
             && self.namespace == proxy.namespace
             && self.network == proxy.network
             && self.cluster == proxy.cluster
@@ -65,8 +81,9 @@ impl EndpointView {
             }
     }
 
-    /// The hash of `of(proxy, by_labels)`, without building it.
-    fn hash_of(proxy: &ProxyInfo, by_labels: bool) -> u64 {
+    /// The hash of `of(q)`, without building it.
+    fn hash_of(q: EndpointQuery<'_>) -> u64 {
+        let (proxy, by_labels) = (q.proxy, q.by_labels);
         let mut h = DefaultHasher::new();
         proxy.role.hash(&mut h);
         proxy.namespace.hash(&mut h);
@@ -74,12 +91,14 @@ impl EndpointView {
         proxy.cluster.hash(&mut h);
         proxy.locality.hash(&mut h);
         by_labels.then_some(&proxy.labels).hash(&mut h);
+        q.scope.hash(&mut h);
         h.finish()
     }
 }
 
-/// One view's values by cluster name.
-type ViewEntry<V> = (EndpointView, HashMap<String, V>);
+/// One view's values by cluster name (foldhash: a request of 2,000 names
+/// hashes each, for each of 1,000 proxies).
+type ViewEntry<V> = (EndpointView, foldhash::HashMap<String, V>);
 
 /// Assignments by proxy view, then by cluster name: an EDS request of
 /// 11,000 names looks each up by `&str` (no key built per name).
@@ -107,19 +126,13 @@ impl<V> fmt::Debug for ByView<V> {
 impl<V: Clone> ByView<V> {
     /// Looks `name` up for `proxy`'s view, or makes and inserts it (outside
     /// the lock, as [`get_or_make`]).
-    fn get_or_make(
-        &self,
-        name: &str,
-        proxy: &ProxyInfo,
-        by_labels: bool,
-        make: impl FnOnce() -> V,
-    ) -> V {
-        let hash = EndpointView::hash_of(proxy, by_labels);
+    fn get_or_make(&self, name: &str, q: EndpointQuery<'_>, make: impl FnOnce() -> V) -> V {
+        let hash = EndpointView::hash_of(q);
         {
             let views = lock(&self.views);
             let hit = views
                 .get(&hash)
-                .and_then(|bucket| bucket.iter().find(|(v, _)| v.is_of(proxy, by_labels)))
+                .and_then(|bucket| bucket.iter().find(|(v, _)| v.is_of(q)))
                 .and_then(|(_, names)| names.get(name));
             if let Some(hit) = hit {
                 return hit.clone();
@@ -128,10 +141,10 @@ impl<V: Clone> ByView<V> {
         let made = make();
         let mut views = lock(&self.views);
         let bucket = views.entry(hash).or_default();
-        let at = match bucket.iter().position(|(v, _)| v.is_of(proxy, by_labels)) {
+        let at = match bucket.iter().position(|(v, _)| v.is_of(q)) {
             Some(at) => at,
             None => {
-                bucket.push((EndpointView::of(proxy, by_labels), HashMap::new()));
+                bucket.push((EndpointView::of(q), Default::default()));
                 bucket.len() - 1
             }
         };
@@ -145,17 +158,16 @@ impl<V: Clone> ByView<V> {
     fn get_or_make_many<'n>(
         &self,
         names: impl IntoIterator<Item = &'n String>,
-        proxy: &ProxyInfo,
-        by_labels: bool,
+        q: EndpointQuery<'_>,
         mut make: impl FnMut(&str) -> V,
     ) -> Vec<V> {
-        let hash = EndpointView::hash_of(proxy, by_labels);
+        let hash = EndpointView::hash_of(q);
         let names: Vec<&String> = names.into_iter().collect();
         let mut found: Vec<Option<V>> = {
             let views = lock(&self.views);
             let entry = views
                 .get(&hash)
-                .and_then(|bucket| bucket.iter().find(|(v, _)| v.is_of(proxy, by_labels)));
+                .and_then(|bucket| bucket.iter().find(|(v, _)| v.is_of(q)));
             match entry {
                 Some((_, by_name)) => names.iter().map(|n| by_name.get(*n).cloned()).collect(),
                 None => vec![None; names.len()],
@@ -170,10 +182,10 @@ impl<V: Clone> ByView<V> {
         if !missing.is_empty() {
             let mut views = lock(&self.views);
             let bucket = views.entry(hash).or_default();
-            let at = match bucket.iter().position(|(v, _)| v.is_of(proxy, by_labels)) {
+            let at = match bucket.iter().position(|(v, _)| v.is_of(q)) {
                 Some(at) => at,
                 None => {
-                    bucket.push((EndpointView::of(proxy, by_labels), HashMap::new()));
+                    bucket.push((EndpointView::of(q), Default::default()));
                     bucket.len() - 1
                 }
             };
@@ -225,10 +237,76 @@ pub(crate) struct Cache {
     shared_listeners: Mutex<HashMap<ViewKey, Shared>>,
     shared_endpoints: ByView<Option<Arc<SharedResource>>>,
     shared_routes: Mutex<HashMap<RouteKey, Arc<SharedResource>>>,
-    /// The registry's services by namespace, built on first use: a proxy's
-    /// own ports are looked up among its namespace's services (twice per
-    /// proxy, 1,000 of 10,000 services) instead of all of them.
+    /// The registry's services by namespace, built on first use.
     services_by_namespace: OnceLock<HashMap<String, Vec<Arc<Service>>>>,
+    /// Local endpoints' ports by workload and by address, per namespace,
+    /// built on first use.
+    workloads: Mutex<HashMap<String, Arc<WorkloadIndex>>>,
+}
+
+/// One port of a local endpoint: (order among all, target port, service
+/// port, protocol). The order is the registry's (services by hostname, then
+/// endpoints, then ports), so a target port served by two services keeps
+/// the first one's service port and protocol, as a scan would.
+type WorkloadPort = (u32, u16, u16, Protocol);
+
+/// The ports of one namespace's endpoints in this cluster by workload and
+/// by address: how a proxy finds its own workload's ports.
+#[derive(Debug, Default)]
+struct WorkloadIndex {
+    by_workload: HashMap<String, Vec<WorkloadPort>>,
+    by_address: HashMap<String, Vec<WorkloadPort>>,
+}
+
+impl WorkloadIndex {
+    fn new(services: &[Arc<Service>], local_cluster: &str) -> Self {
+        let mut index = Self::default();
+        let mut order = 0u32;
+        for svc in services {
+            for e in svc.endpoints.iter().filter(|e| e.cluster == local_cluster) {
+                for p in &svc.ports {
+                    let entry = (order, e.port_for(p), p.port, p.protocol);
+                    order += 1;
+                    if !e.workload.is_empty() {
+                        index
+                            .by_workload
+                            .entry(e.workload.clone())
+                            .or_default()
+                            .push(entry);
+                    }
+                    index
+                        .by_address
+                        .entry(e.address.clone())
+                        .or_default()
+                        .push(entry);
+                }
+            }
+        }
+        index
+    }
+
+    /// (service port, target port, protocol) of the ports the proxy's own
+    /// workload serves (matched by workload name or by IP), one per target
+    /// port, by target port.
+    fn ports(&self, proxy: &ProxyInfo) -> Vec<(u16, u16, Protocol)> {
+        let by_workload = (!proxy.workload.is_empty())
+            .then(|| self.by_workload.get(&proxy.workload))
+            .flatten();
+        let by_address = proxy.ip.and_then(|ip| self.by_address.get(&ip.to_string()));
+        let mut mine: Vec<&WorkloadPort> = by_workload
+            .into_iter()
+            .chain(by_address)
+            .flatten()
+            .collect();
+        mine.sort_unstable_by_key(|(order, ..)| *order);
+        let mut seen = BTreeMap::new();
+        for &(_, target, port, protocol) in mine {
+            seen.entry(target).or_insert((port, protocol));
+        }
+        seen.into_iter()
+            .map(|(target, (port, protocol))| (port, target, protocol))
+            .collect()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -264,29 +342,47 @@ impl Cache {
         }
     }
 
-    /// The services of `namespace`; `all` lists every service (called once
-    /// per cache).
-    pub(crate) fn services_in<'a, I>(
+    /// The ports `proxy`'s own workload serves, from an index of its
+    /// namespace's local endpoints built on first use (a proxy's inbound
+    /// clusters and listeners are generated per proxy: scanning the
+    /// namespace's services each time cost 1,000 services × 5 endpoints
+    /// of string compares per proxy; indexing all namespaces at once cost
+    /// the first endpoint change 60 ms at 10k services). `local_cluster` is
+    /// this control plane's cluster; `all` lists every service (called
+    /// once per cache).
+    pub(crate) fn workload_ports<'a, I>(
         &self,
-        namespace: &str,
+        proxy: &ProxyInfo,
+        local_cluster: &str,
         all: impl FnOnce() -> I,
-    ) -> &[Arc<Service>]
+    ) -> Vec<(u16, u16, Protocol)>
     where
         I: IntoIterator<Item = &'a Arc<Service>>,
     {
-        self.services_by_namespace
-            .get_or_init(|| {
-                let mut by_namespace: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
-                for svc in all() {
+        let ns = proxy.namespace.as_str();
+        let found = lock(&self.workloads).get(ns).cloned();
+        let index = found.unwrap_or_else(|| {
+            let services = self
+                .services_by_namespace
+                .get_or_init(|| {
+                    let mut by_namespace: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
+                    for svc in all() {
+                        by_namespace
+                            .entry(svc.namespace.clone())
+                            .or_default()
+                            .push(svc.clone());
+                    }
                     by_namespace
-                        .entry(svc.namespace.clone())
-                        .or_default()
-                        .push(svc.clone());
-                }
-                by_namespace
-            })
-            .get(namespace)
-            .map_or(&[], Vec::as_slice)
+                })
+                .get(ns)
+                .map_or(&[][..], Vec::as_slice);
+            let made = Arc::new(WorkloadIndex::new(services, local_cluster));
+            lock(&self.workloads)
+                .entry(ns.to_string())
+                .or_insert(made)
+                .clone()
+        });
+        index.ports(proxy)
     }
 
     /// A sidecar's shared clusters for `view`.
@@ -299,19 +395,17 @@ impl Cache {
         get_or_make(&self.shared_listeners, view.clone(), make)
     }
 
-    /// The assignments of `names` as `proxy` sees them, shared, in the
-    /// order of `names`; names without one are left out.
+    /// The assignments of `names` as the query's proxy sees them, shared,
+    /// in the order of `names`; names without one (`make` gives `None`,
+    /// also for a name outside the proxy's scope) are left out.
     pub(crate) fn shared_endpoints_many<'n>(
         &self,
         names: impl IntoIterator<Item = &'n String>,
-        proxy: &ProxyInfo,
-        by_labels: bool,
+        q: EndpointQuery<'_>,
         mut make: impl FnMut(&str) -> Option<XdsResource>,
     ) -> Vec<Arc<SharedResource>> {
         self.shared_endpoints
-            .get_or_make_many(names, proxy, by_labels, |name| {
-                make(name).map(SharedResource::new)
-            })
+            .get_or_make_many(names, q, |name| make(name).map(SharedResource::new))
             .into_iter()
             .flatten()
             .collect()
@@ -347,15 +441,14 @@ impl Cache {
         get_or_make(&self.clusters, view.clone(), || Arc::new(make()))
     }
 
-    /// One cluster's assignment as `proxy` sees it.
+    /// One cluster's assignment as the query's proxy sees it.
     pub(crate) fn endpoints(
         &self,
         name: &str,
-        proxy: &ProxyInfo,
-        by_labels: bool,
+        q: EndpointQuery<'_>,
         make: impl FnOnce() -> Option<XdsResource>,
     ) -> Option<XdsResource> {
-        self.endpoints.get_or_make(name, proxy, by_labels, make)
+        self.endpoints.get_or_make(name, q, make)
     }
 
     /// One route configuration as `proxy` sees it.
@@ -372,5 +465,141 @@ impl Cache {
             RouteKey::new(name, view, proxy, by_labels),
             make,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::Cache;
+    use crate::registry::{Endpoint, MeshLocation, Protocol, Resolution, Service, ServicePort};
+    use crate::xds::{ProxyInfo, ProxyRole};
+
+    fn endpoint(address: &str, workload: &str, cluster: &str, ports: &[(&str, u16)]) -> Endpoint {
+        Endpoint {
+            address: address.into(),
+            ports: ports.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
+            labels: BTreeMap::new(),
+            cluster: cluster.into(),
+            network: String::new(),
+            locality: Default::default(),
+            service_account: "default".into(),
+            healthy: true,
+            weight: 1,
+            workload: workload.into(),
+        }
+    }
+
+    fn service(
+        host: &str,
+        ns: &str,
+        ports: &[(&str, u16, Protocol)],
+        endpoints: Vec<Endpoint>,
+    ) -> Arc<Service> {
+        Arc::new(Service {
+            hostname: host.into(),
+            namespace: ns.into(),
+            name: None,
+            ports: ports
+                .iter()
+                .map(|(name, port, protocol)| ServicePort {
+                    name: name.to_string(),
+                    port: *port,
+                    protocol: *protocol,
+                })
+                .collect(),
+            addresses: Vec::new(),
+            location: MeshLocation::Internal,
+            resolution: Resolution::Static,
+            exported: false,
+            export_to: Vec::new(),
+            endpoints,
+            sources: Vec::new(),
+        })
+    }
+
+    fn proxy(ns: &str, workload: &str, ip: Option<&str>) -> ProxyInfo {
+        ProxyInfo {
+            id: format!(
+                "sidecar~{}~{workload}.{ns}~{ns}.svc.cluster.local",
+                ip.unwrap_or("0.0.0.0")
+            ),
+            role: ProxyRole::Sidecar,
+            ip: ip.map(|ip| ip.parse().unwrap()),
+            workload: workload.into(),
+            namespace: ns.into(),
+            cluster: "east".into(),
+            network: String::new(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            locality: Default::default(),
+        }
+    }
+
+    /// A proxy's own ports: found by workload name or by IP, in its own
+    /// namespace and cluster only; a target port two services share keeps
+    /// the first service's port and protocol (registry order).
+    #[test]
+    fn workload_ports_match_name_or_address_in_namespace_and_cluster() {
+        use Protocol::{Grpc, Http, Tcp};
+        let services = [
+            // Registry order: by hostname.
+            service(
+                "a.shop.svc.cluster.local",
+                "shop",
+                &[("http", 80, Http), ("grpc", 9000, Grpc)],
+                vec![endpoint("10.0.0.1", "web-1", "east", &[("http", 8080)])],
+            ),
+            service(
+                "b.shop.svc.cluster.local",
+                "shop",
+                // Same target 8080 as a's port 80: a's wins.
+                &[("tcp", 81, Tcp)],
+                vec![
+                    endpoint("10.0.0.1", "web-1", "east", &[("tcp", 8080)]),
+                    // Matched by address only (no workload name).
+                    endpoint("10.0.0.2", "", "east", &[("tcp", 7000)]),
+                ],
+            ),
+            service(
+                "c.shop.svc.cluster.local",
+                "shop",
+                &[("http", 90, Http)],
+                // Another cluster's endpoint with the same workload name.
+                vec![endpoint("10.9.0.1", "web-1", "west", &[("http", 9090)])],
+            ),
+            service(
+                "d.other.svc.cluster.local",
+                "other",
+                &[("http", 70, Http)],
+                vec![endpoint("10.0.0.1", "web-1", "east", &[])],
+            ),
+        ];
+        let cache = Cache::default();
+        let ports = |p: &ProxyInfo| cache.workload_ports(p, "east", || services.iter());
+
+        assert_eq!(
+            ports(&proxy("shop", "web-1", None)),
+            vec![(80, 8080, Http), (9000, 9000, Grpc)]
+        );
+        // By IP: the address matches both a's and b's endpoints.
+        assert_eq!(
+            ports(&proxy("shop", "", Some("10.0.0.1"))),
+            vec![(80, 8080, Http), (9000, 9000, Grpc)]
+        );
+        assert_eq!(
+            ports(&proxy("shop", "x", Some("10.0.0.2"))),
+            vec![(81, 7000, Tcp)]
+        );
+        // Name and IP both match, different endpoints: the union, by target.
+        assert_eq!(
+            ports(&proxy("shop", "web-1", Some("10.0.0.2"))),
+            vec![(81, 7000, Tcp), (80, 8080, Http), (9000, 9000, Grpc)]
+        );
+        assert_eq!(ports(&proxy("other", "web-1", None)), vec![(70, 70, Http)]);
+        assert_eq!(ports(&proxy("shop", "nobody", Some("10.0.0.9"))), vec![]);
+        assert_eq!(ports(&proxy("empty", "web-1", None)), vec![]);
     }
 }

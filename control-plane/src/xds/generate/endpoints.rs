@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -36,15 +37,17 @@ use crate::xds::{ProxyInfo, ProxyRole, XdsResource};
 
 /// Assignments for the clusters the proxy asked for (unknown names are skipped).
 pub fn generate(pc: &PushContext, proxy: &ProxyInfo, names: &BTreeSet<String>) -> Vec<XdsResource> {
-    let scope = pc.sidecar_for(proxy).map(std::sync::Arc::as_ref);
+    let scope = pc.sidecar_for(proxy);
+    let query = pc.endpoint_query(proxy, scope);
     names
         .iter()
-        .filter(|name| pc.in_scope(scope, name))
         .filter_map(|name| {
-            pc.cache
-                .endpoints(name, proxy, pc.uses_failover_priority, || {
-                    assignment(pc, proxy, name).map(|cla| resource(name.clone(), cla))
-                })
+            pc.cache.endpoints(name, query, || {
+                pc.in_scope(scope.map(Arc::as_ref), name)
+                    .then(|| assignment(pc, proxy, name))
+                    .flatten()
+                    .map(|cla| resource(name.clone(), cla))
+            })
         })
         .collect()
 }

@@ -186,25 +186,8 @@ pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
 
 /// Ports the proxy's own workload serves: (service port, target port, protocol).
 pub fn workload_ports(pc: &PushContext, proxy: &ProxyInfo) -> Vec<(u16, u16, Protocol)> {
-    let mut seen = BTreeMap::new();
-    let ip = proxy.ip.map(|ip| ip.to_string());
-    for svc in pc
-        .cache
-        .services_in(&proxy.namespace, || pc.registry.services())
-    {
-        for e in &svc.endpoints {
-            let mine = (!proxy.workload.is_empty() && e.workload == proxy.workload)
-                || ip.as_deref() == Some(e.address.as_str());
-            if mine && e.cluster == pc.mesh.cluster.cluster {
-                for p in &svc.ports {
-                    seen.entry(e.port_for(p)).or_insert((p.port, p.protocol));
-                }
-            }
-        }
-    }
-    seen.into_iter()
-        .map(|(target, (port, proto))| (port, target, proto))
-        .collect()
+    pc.cache
+        .workload_ports(proxy, &pc.mesh.cluster.cluster, || pc.registry.services())
 }
 
 /// The effective mTLS mode for a workload port: workload policy (port level,

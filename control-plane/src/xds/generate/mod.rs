@@ -42,7 +42,7 @@ use crate::dns_feed::vip::VipRange;
 use crate::registry::{ClusterContext, Registry, Resolution, Service};
 use crate::resolve::ResolvedGateways;
 
-pub(crate) use cache::ViewKey;
+pub(crate) use cache::{EndpointQuery, ViewKey};
 pub use policy::EffectivePolicy;
 pub use scope::{SidecarScope, Sidecars};
 
@@ -497,6 +497,19 @@ impl PushContext {
         }
     }
 
+    /// What an assignment for `proxy`, scoped by `scope`, depends on.
+    pub(crate) fn endpoint_query<'a>(
+        &self,
+        proxy: &'a ProxyInfo,
+        scope: Option<&'a Arc<SidecarScope>>,
+    ) -> EndpointQuery<'a> {
+        EndpointQuery {
+            proxy,
+            by_labels: self.uses_failover_priority,
+            scope: scope.map(|s| &s.name),
+        }
+    }
+
     /// Whether the EDS cluster `name` is in `scope` (every name is when no
     /// Sidecar scopes the proxy; a name of no known service port is not).
     pub(crate) fn in_scope(&self, scope: Option<&SidecarScope>, name: &str) -> bool {
@@ -577,17 +590,14 @@ impl ConfigState for PushContext {
                 with_own(&all, [SharedResource::new(inbound)])
             }
             (ENDPOINT, ProxyRole::Sidecar | ProxyRole::Gateway) => {
-                let scope = self.sidecar_for(proxy).map(Arc::as_ref);
-                let names = names.iter().filter(|n| self.in_scope(scope, n));
-                self.cache.shared_endpoints_many(
-                    names,
-                    proxy,
-                    self.uses_failover_priority,
-                    |name| {
-                        endpoints::assignment(self, proxy, name)
-                            .map(|cla| resource(name.to_string(), cla))
-                    },
-                )
+                let scope = self.sidecar_for(proxy);
+                let query = self.endpoint_query(proxy, scope);
+                self.cache.shared_endpoints_many(names, query, |name| {
+                    self.in_scope(scope.map(Arc::as_ref), name)
+                        .then(|| endpoints::assignment(self, proxy, name))
+                        .flatten()
+                        .map(|cla| resource(name.to_string(), cla))
+                })
             }
             (ROUTE, ProxyRole::Sidecar) => {
                 let view = self.view_key(proxy);
