@@ -65,7 +65,7 @@ pub fn clusters(pc: &PushContext, proxy: &ProxyInfo) -> Vec<XdsResource> {
                     Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
                 c.eds_cluster_config = Some(EdsClusterConfig {
                     eds_config: Some(super::ads()),
-                    service_name: c.name.clone(),
+                    service_name: String::new(),
                 });
                 out.push(resource(c.name.clone(), c));
             }
