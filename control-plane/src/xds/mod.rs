@@ -12,7 +12,7 @@ pub mod server;
 
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
@@ -59,6 +59,10 @@ pub struct SharedResource {
     pub encoded: Bytes,
     /// Hash of the name and the encoded `Any`.
     pub hash: u64,
+    /// What precedes the `Any` in an incremental `Resource` (version, name
+    /// and the body's field head): the same for every stream, so written
+    /// once, when the first incremental stream sends the resource.
+    pub(crate) delta_head: OnceLock<Bytes>,
 }
 
 impl SharedResource {
@@ -72,6 +76,7 @@ impl SharedResource {
             hash: h.finish(),
             name: resource.name,
             encoded,
+            delta_head: OnceLock::new(),
         })
     }
 

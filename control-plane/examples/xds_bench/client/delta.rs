@@ -127,7 +127,10 @@ pub async fn sync_and_follow(
                     let r =
                         ResourceHead::decode(r.clone()).map_err(|e| format!("Resource: {e}"))?;
                     let any = r.resource.ok_or("CDS Resource without a body")?;
-                    state.clusters.insert(r.name, cluster_eds_name(any)?);
+                    // Copied: a slice would keep the whole response's
+                    // buffer alive (as Envoy, the client keeps its own copy).
+                    let name = Bytes::copy_from_slice(&r.name);
+                    state.clusters.insert(name, cluster_eds_name(any)?);
                 }
                 for name in &response.removed {
                     state.clusters.remove(name);
@@ -140,7 +143,8 @@ pub async fn sync_and_follow(
                     let r =
                         ResourceHead::decode(r.clone()).map_err(|e| format!("Resource: {e}"))?;
                     let any = r.resource.ok_or("LDS Resource without a body")?;
-                    state.listeners.insert(r.name, listener_routes(any)?);
+                    let name = Bytes::copy_from_slice(&r.name);
+                    state.listeners.insert(name, listener_routes(any)?);
                 }
                 for name in &response.removed {
                     state.listeners.remove(name);

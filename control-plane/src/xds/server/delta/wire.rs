@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prost::{DecodeError, Message};
 
@@ -84,12 +84,22 @@ pub(in crate::xds::server) struct Response {
 }
 
 impl Response {
-    /// Length of a `Resource` wrapper's fields before the `Any` bytes.
-    fn wrapper_head_len(r: &SharedResource) -> usize {
-        delimited_len(RESOURCE_VERSION, VERSION_LEN)
-            + string_len(RESOURCE_NAME, &r.name)
-            + delimited_len(RESOURCE_BODY, r.encoded.len())
-            - r.encoded.len()
+    /// A `Resource` wrapper's fields before the `Any` bytes: version, name
+    /// and the body's field head (made once per resource, shared by every
+    /// stream).
+    fn wrapper_head(r: &SharedResource) -> &Bytes {
+        r.delta_head.get_or_init(|| {
+            let len = delimited_len(RESOURCE_VERSION, VERSION_LEN)
+                + string_len(RESOURCE_NAME, &r.name)
+                + delimited_len(RESOURCE_BODY, r.encoded.len())
+                - r.encoded.len();
+            let mut buf = BytesMut::with_capacity(len);
+            put_version(r.hash, &mut buf);
+            put_string(RESOURCE_NAME, &r.name, &mut buf);
+            put_delimited_head(RESOURCE_BODY, r.encoded.len(), &mut buf);
+            debug_assert_eq!(buf.len(), len);
+            buf.freeze()
+        })
     }
 
     fn control_plane_len(&self) -> usize {
@@ -139,16 +149,14 @@ impl Outgoing for Response {
     }
 
     fn prefix_len(&self, r: &SharedResource) -> usize {
-        let wrapper = Self::wrapper_head_len(r) + r.encoded.len();
+        let wrapper = Self::wrapper_head(r).len() + r.encoded.len();
         delimited_len(RESOURCES, wrapper) - r.encoded.len()
     }
 
     fn put_prefix(&self, r: &SharedResource, buf: &mut BytesMut) {
-        let wrapper = Self::wrapper_head_len(r) + r.encoded.len();
-        put_delimited_head(RESOURCES, wrapper, buf);
-        put_version(r.hash, buf);
-        put_string(RESOURCE_NAME, &r.name, buf);
-        put_delimited_head(RESOURCE_BODY, r.encoded.len(), buf);
+        let head = Self::wrapper_head(r);
+        put_delimited_head(RESOURCES, head.len() + r.encoded.len(), buf);
+        buf.put_slice(head);
     }
 
     fn tail_len(&self) -> usize {
