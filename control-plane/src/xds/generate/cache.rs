@@ -3,12 +3,16 @@
 //! generated once per config version and shared.
 //!
 //! Keys hold exactly the proxy inputs a generator reads: namespace and
-//! the Sidecar that scopes the proxy ([`ViewKey`]) for clusters and listeners; role, namespace, network, cluster and locality for endpoints
-//! (plus labels when some DestinationRule uses `failoverPriority`);
-//! the view for routes (plus labels when some VirtualService matches on
-//! `sourceLabels`). A new push context starts with empty caches, except
-//! that one reached by an endpoints-only change keeps the previous one's
-//! clusters, listeners and routes ([`Cache::carry_over`]).
+//! the Sidecar that scopes the proxy ([`ViewKey`]) for clusters and
+//! listeners; role, namespace, network, cluster, locality and the Sidecar
+//! for endpoints ([`EndpointQuery`]; plus labels when some DestinationRule
+//! uses `failoverPriority`), so whether a name is in the proxy's scope is
+//! decided once per view and cached with its assignment; the view for
+//! routes (plus labels when some VirtualService matches on `sourceLabels`).
+//! A new push context starts with empty caches, except that one reached by
+//! an endpoints-only change keeps the previous one's clusters, listeners
+//! and routes ([`Cache::carry_over`]). A proxy's own (inbound) ports are
+//! found in a per-namespace index of local endpoints ([`WorkloadIndex`]).
 //!
 //! The `shared_*` maps serve the ADS server: the same results as
 //! [`SharedResource`]s, so every stream sends (and remembers) the same
