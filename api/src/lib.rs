@@ -6,6 +6,7 @@
 //! control plane, gateway, DNS server and federation controller consume
 //! them. This crate does no I/O.
 
+#![forbid(unsafe_code)]
 pub mod crds;
 pub mod duration;
 pub mod error;

@@ -6,6 +6,7 @@
 //! source also has a write path ([`ConfigWriter`]) used by the federation
 //! controller to publish imported services.
 
+#![forbid(unsafe_code)]
 pub mod dir;
 pub mod kube;
 mod source;

@@ -8,6 +8,7 @@
 //! The cluster CA ([`ca`]) signs workload certificates. In Kubernetes, the
 //! [`inject`] webhook adds sidecars to Pods of labelled namespaces.
 
+#![forbid(unsafe_code)]
 pub mod ca;
 pub mod controller;
 pub mod debug;

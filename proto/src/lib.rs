@@ -2,6 +2,7 @@
 //! (protox: no `protoc` on the machine). Servers and clients of every
 //! component use these modules; there is one copy of each message type.
 
+#![forbid(unsafe_code)]
 #![allow(missing_docs)]
 
 /// `isthmus.ca.v1`: a workload sends a CSR and its credential, gets its certificate chain.

@@ -6,11 +6,12 @@
 //! ACK/NACK, warming, reconnects) ─decode/validate─► [`config::ProxyConfig`]
 //! ─`watch`─► the data plane, which swaps its runtime state on every new value.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod memory;
 pub mod process;
 pub mod transport;
 pub mod xds;

@@ -84,6 +84,11 @@ pub struct SidecarArgs {
     /// when the control plane does not serve it) or `sotw`.
     #[arg(long, default_value = "delta")]
     pub xds_protocol: XdsProtocol,
+    /// Keep the executable's start-up code resident (by default, once the
+    /// sidecar serves and its config is quiet, the pages only start-up and
+    /// config compilation ran are dropped from its resident set).
+    #[arg(long)]
+    pub keep_startup_pages: bool,
 }
 
 /// How traffic reaches the sidecar.
@@ -207,6 +212,7 @@ impl SidecarArgs {
             limits: Limits::default(),
             workers: self.concurrency,
             xds_protocol: self.xds_protocol,
+            release_pages: !self.keep_startup_pages,
         })
     }
 

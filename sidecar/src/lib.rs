@@ -10,6 +10,7 @@
 //! state/ compiles xDS + identity/ (certificate) into the snapshot all of them read.
 //! ```
 
+#![forbid(unsafe_code)]
 pub mod access_log;
 pub mod body;
 pub mod capture;

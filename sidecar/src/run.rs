@@ -85,6 +85,9 @@ pub struct Options {
     pub workers: usize,
     /// The ADS flavour spoken with the control plane.
     pub xds_protocol: XdsProtocol,
+    /// Give back the executable's start-up pages once serving
+    /// ([`isthmus_proxy_core::memory`]).
+    pub release_pages: bool,
 }
 
 /// Why the sidecar could not start.
@@ -389,6 +392,14 @@ pub async fn start_with(
         .map_err(RunError::Admin)?;
 
     tokio::spawn(resolve_dns(proxy.clone(), shutdown.clone()));
+    let (rebuilt_tx, rebuilt_rx) = watch::channel(0u64);
+    if options.release_pages {
+        tokio::spawn(release_pages(
+            ready_rx.clone(),
+            rebuilt_rx,
+            shutdown.clone(),
+        ));
+    }
 
     // The state task: rebuild on config or certificate change.
     let mut config_rx = xds.config();
@@ -410,6 +421,7 @@ pub async fn start_with(
             let creds = creds_rx.borrow_and_update().clone();
             let snapshot = Arc::new(builder.build(config, creds.clone()));
             p.store(snapshot.clone());
+            rebuilt_tx.send_modify(|n| *n += 1);
             if let Mode::Explicit {
                 outbound,
                 inbound_ip,
@@ -560,6 +572,56 @@ const DNS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Resolves the hostnames of STRICT_DNS clusters (DNS ServiceEntries) now
 /// and every [`DNS_REFRESH`]; a failed lookup keeps the previous addresses.
+/// Config changes must be quiet this long before the executable's pages
+/// are given back (compiling a config runs code requests never do).
+const RELEASE_AFTER_QUIET: Duration = Duration::from_secs(5);
+
+/// Once the sidecar is ready, and again after config changes have been
+/// quiet for [`RELEASE_AFTER_QUIET`], gives back the executable pages that
+/// only start-up and config compilation ran
+/// ([`isthmus_proxy_core::memory`]): the hot request path faults back in,
+/// the rest stays out of the resident set.
+async fn release_pages(
+    mut ready: watch::Receiver<bool>,
+    mut rebuilt: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    loop {
+        // Until no rebuild for the quiet period.
+        loop {
+            rebuilt.borrow_and_update();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RELEASE_AFTER_QUIET) => break,
+                r = rebuilt.changed() => if r.is_err() { return },
+            }
+        }
+        match tokio::task::spawn_blocking(isthmus_proxy_core::memory::release_executable_pages)
+            .await
+        {
+            Ok(Ok(r)) => tracing::debug!(
+                mappings = r.mappings,
+                resident_kib = r.resident_bytes / 1024,
+                heap_trimmed = r.heap_trimmed,
+                "released the executable's start-up pages"
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot release the executable's pages");
+                return;
+            }
+            Err(_) => return,
+        }
+        // The next round starts with the next rebuild.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = rebuilt.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 async fn resolve_dns(proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last: HashMap<(String, String), std::time::Instant> = HashMap::new();

@@ -29,4 +29,5 @@
 //!
 //! This crate is only meant for `[dev-dependencies]`.
 
+#![forbid(unsafe_code)]
 pub mod apiserver;

@@ -201,6 +201,7 @@ impl Mesh {
             limits: spec.limits,
             workers: spec.workers,
             xds_protocol: spec.xds_protocol,
+            release_pages: true,
         }
     }
 
