@@ -418,5 +418,54 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Builders for unit tests of the registry's consumers.
+#[cfg(test)]
+impl Service {
+    /// A mesh-internal, statically resolved service without endpoints;
+    /// port `n` is named `p<n>`.
+    pub(crate) fn for_test(host: &str, ns: &str, ports: &[(u16, Protocol)]) -> Self {
+        Service {
+            hostname: host.into(),
+            namespace: ns.into(),
+            name: ServiceName::from_host(host).map(|(n, _)| n),
+            ports: ports
+                .iter()
+                .map(|(port, protocol)| ServicePort {
+                    name: format!("p{port}"),
+                    port: *port,
+                    protocol: *protocol,
+                })
+                .collect(),
+            addresses: Vec::new(),
+            location: MeshLocation::Internal,
+            resolution: Resolution::Static,
+            exported: false,
+            export_to: Vec::new(),
+            endpoints: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Endpoint {
+    /// A healthy endpoint at `address` in `cluster`, weight 1, no labels,
+    /// ports, network, locality or workload.
+    pub(crate) fn for_test(address: &str, cluster: &str) -> Self {
+        Endpoint {
+            address: address.into(),
+            ports: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            cluster: cluster.into(),
+            network: String::new(),
+            locality: Locality::default(),
+            service_account: "default".into(),
+            healthy: true,
+            weight: 1,
+            workload: String::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

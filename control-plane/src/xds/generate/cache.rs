@@ -478,49 +478,26 @@ mod tests {
     use std::sync::Arc;
 
     use super::Cache;
-    use crate::registry::{Endpoint, MeshLocation, Protocol, Resolution, Service, ServicePort};
+    use crate::registry::{Endpoint, Protocol, Service};
     use crate::xds::{ProxyInfo, ProxyRole};
 
     fn endpoint(address: &str, workload: &str, cluster: &str, ports: &[(&str, u16)]) -> Endpoint {
         Endpoint {
-            address: address.into(),
             ports: ports.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
-            labels: BTreeMap::new(),
-            cluster: cluster.into(),
-            network: String::new(),
-            locality: Default::default(),
-            service_account: "default".into(),
-            healthy: true,
-            weight: 1,
             workload: workload.into(),
+            ..Endpoint::for_test(address, cluster)
         }
     }
 
     fn service(
         host: &str,
         ns: &str,
-        ports: &[(&str, u16, Protocol)],
+        ports: &[(u16, Protocol)],
         endpoints: Vec<Endpoint>,
     ) -> Arc<Service> {
         Arc::new(Service {
-            hostname: host.into(),
-            namespace: ns.into(),
-            name: None,
-            ports: ports
-                .iter()
-                .map(|(name, port, protocol)| ServicePort {
-                    name: name.to_string(),
-                    port: *port,
-                    protocol: *protocol,
-                })
-                .collect(),
-            addresses: Vec::new(),
-            location: MeshLocation::Internal,
-            resolution: Resolution::Static,
-            exported: false,
-            export_to: Vec::new(),
             endpoints,
-            sources: Vec::new(),
+            ..Service::for_test(host, ns, ports)
         })
     }
 
@@ -553,31 +530,31 @@ mod tests {
             service(
                 "a.shop.svc.cluster.local",
                 "shop",
-                &[("http", 80, Http), ("grpc", 9000, Grpc)],
-                vec![endpoint("10.0.0.1", "web-1", "east", &[("http", 8080)])],
+                &[(80, Http), (9000, Grpc)],
+                vec![endpoint("10.0.0.1", "web-1", "east", &[("p80", 8080)])],
             ),
             service(
                 "b.shop.svc.cluster.local",
                 "shop",
                 // Same target 8080 as a's port 80: a's wins.
-                &[("tcp", 81, Tcp)],
+                &[(81, Tcp)],
                 vec![
-                    endpoint("10.0.0.1", "web-1", "east", &[("tcp", 8080)]),
+                    endpoint("10.0.0.1", "web-1", "east", &[("p81", 8080)]),
                     // Matched by address only (no workload name).
-                    endpoint("10.0.0.2", "", "east", &[("tcp", 7000)]),
+                    endpoint("10.0.0.2", "", "east", &[("p81", 7000)]),
                 ],
             ),
             service(
                 "c.shop.svc.cluster.local",
                 "shop",
-                &[("http", 90, Http)],
+                &[(90, Http)],
                 // Another cluster's endpoint with the same workload name.
-                vec![endpoint("10.9.0.1", "web-1", "west", &[("http", 9090)])],
+                vec![endpoint("10.9.0.1", "web-1", "west", &[("p90", 9090)])],
             ),
             service(
                 "d.other.svc.cluster.local",
                 "other",
-                &[("http", 70, Http)],
+                &[(70, Http)],
                 vec![endpoint("10.0.0.1", "web-1", "east", &[])],
             ),
         ];

@@ -24,16 +24,9 @@ fn proxy(locality: &str) -> ProxyInfo {
 
 fn endpoint(locality: &str, cluster: &str, network: &str) -> Endpoint {
     Endpoint {
-        address: "10.0.0.1".into(),
-        ports: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        cluster: cluster.into(),
         network: network.into(),
         locality: locality.parse().unwrap(),
-        service_account: "default".into(),
-        healthy: true,
-        weight: 1,
-        workload: String::new(),
+        ..Endpoint::for_test("10.0.0.1", cluster)
     }
     .with_topology_labels()
 }

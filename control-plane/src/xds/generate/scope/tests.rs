@@ -1,7 +1,7 @@
 use isthmus_api::load::load_yaml;
 
 use super::*;
-use crate::registry::{MeshLocation, Protocol, Resolution};
+use crate::registry::Protocol;
 
 fn sidecars(yaml: &str) -> (Sidecars, Vec<String>) {
     let loaded = load_yaml(Some("sc.yaml"), yaml);
@@ -119,26 +119,7 @@ fn ties_pick_the_first_by_name_and_warn_naming_both() {
 }
 
 fn service(host: &str, ns: &str, ports: &[(u16, Protocol)]) -> Service {
-    Service {
-        hostname: host.into(),
-        namespace: ns.into(),
-        name: isthmus_api::naming::ServiceName::from_host(host).map(|(n, _)| n),
-        ports: ports
-            .iter()
-            .map(|(p, proto)| ServicePort {
-                name: format!("p{p}"),
-                port: *p,
-                protocol: *proto,
-            })
-            .collect(),
-        addresses: Vec::new(),
-        location: MeshLocation::Internal,
-        resolution: Resolution::Static,
-        exported: false,
-        export_to: Vec::new(),
-        endpoints: Vec::new(),
-        sources: Vec::new(),
-    }
+    Service::for_test(host, ns, ports)
 }
 
 #[test]
