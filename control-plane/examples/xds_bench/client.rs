@@ -12,14 +12,14 @@
 
 mod delta;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use isthmus_control_plane::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use prost::Message;
+use prost::{Message, encoding};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,19 +35,83 @@ const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.htt
 pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 pub const TYPE_NAMES: [&str; 4] = ["CDS", "EDS", "LDS", "RDS"];
 
-/// `DiscoveryRequest` with resource names kept as shared bytes (same wire format).
-#[derive(Clone, PartialEq, Message)]
+/// `DiscoveryRequest` with its resource names already encoded: an ACK
+/// repeats every subscribed name (1,100 per sidecar at 1k services), so a
+/// subscription's names are encoded once ([`encode_names`]) and each ACK
+/// copies them as one piece, where a `Vec<Bytes>` cost a reference count
+/// per name and ACK. The bytes sent are prost's for the same request
+/// (fields in tag order, defaults omitted); only sent, never decoded.
+#[derive(Clone, Debug, Default)]
 pub struct Request {
-    #[prost(string, tag = "1")]
     pub version_info: String,
-    #[prost(message, optional, tag = "2")]
     pub node: Option<Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
+    /// `resource_names` (field 3) as encoded, in order.
+    pub names: Bytes,
     pub type_url: String,
-    #[prost(string, tag = "5")]
     pub response_nonce: String,
+}
+
+impl Message for Request {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if !self.version_info.is_empty() {
+            encoding::string::encode(1, &self.version_info, buf);
+        }
+        if let Some(node) = &self.node {
+            encoding::message::encode(2, node, buf);
+        }
+        buf.put_slice(&self.names);
+        if !self.type_url.is_empty() {
+            encoding::string::encode(4, &self.type_url, buf);
+        }
+        if !self.response_nonce.is_empty() {
+            encoding::string::encode(5, &self.response_nonce, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let string = |tag, s: &String| {
+            if s.is_empty() {
+                0
+            } else {
+                encoding::string::encoded_len(tag, s)
+            }
+        };
+        string(1, &self.version_info)
+            + self
+                .node
+                .as_ref()
+                .map_or(0, |n| encoding::message::encoded_len(2, n))
+            + self.names.len()
+            + string(4, &self.type_url)
+            + string(5, &self.response_nonce)
+    }
+
+    fn clear(&mut self) {
+        *self = Request::default();
+    }
+}
+
+/// `names` as `DiscoveryRequest.resource_names` fields, in order.
+fn encode_names(names: &[Bytes]) -> Bytes {
+    let len = names
+        .iter()
+        .map(|n| encoding::bytes::encoded_len(3, n))
+        .sum();
+    let mut buf = BytesMut::with_capacity(len);
+    for name in names {
+        encoding::bytes::encode(3, name, &mut buf);
+    }
+    buf.freeze()
 }
 
 /// `DiscoveryResponse` with each `Any` left undecoded.
@@ -111,7 +175,8 @@ pub enum Event {
 #[derive(Default)]
 struct Sub {
     requested: bool,
-    names: Vec<Bytes>,
+    /// Encoded ([`encode_names`]).
+    names: Bytes,
     version: String,
     nonce: String,
     acked: bool,
@@ -226,7 +291,7 @@ async fn sync_and_follow(
         sub.acked = true;
         send(Request {
             version_info: sub.version.clone(),
-            resource_names: sub.names.clone(),
+            names: sub.names.clone(),
             type_url: response.type_url,
             response_nonce: sub.nonce.clone(),
             ..Request::default()
@@ -267,7 +332,7 @@ async fn sync_and_follow(
 fn request(sub: &Sub, type_url: &str) -> Request {
     Request {
         version_info: sub.version.clone(),
-        resource_names: sub.names.clone(),
+        names: sub.names.clone(),
         type_url: type_url.into(),
         response_nonce: sub.nonce.clone(),
         ..Request::default()
@@ -283,14 +348,14 @@ fn state_version(version_info: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sorted EDS service names of the EDS clusters in a CDS response.
-fn eds_names(resources: &[Bytes]) -> Result<Vec<Bytes>, String> {
+/// Sorted EDS service names of the EDS clusters in a CDS response, encoded.
+fn eds_names(resources: &[Bytes]) -> Result<Bytes, String> {
     let mut names = Vec::new();
     for any in resources {
         names.extend(cluster_eds_name(any.clone())?);
     }
     names.sort();
-    Ok(names)
+    Ok(encode_names(&names))
 }
 
 /// The EDS service name of a cluster (an encoded `Any`), if it is an EDS
@@ -307,13 +372,14 @@ fn cluster_eds_name(any: Bytes) -> Result<Option<Bytes>, String> {
     })))
 }
 
-/// Sorted RDS names referenced by HTTP connection managers in an LDS response.
-fn route_names(resources: &[Bytes]) -> Result<Vec<Bytes>, String> {
+/// Sorted RDS names referenced by HTTP connection managers in an LDS
+/// response, encoded.
+fn route_names(resources: &[Bytes]) -> Result<Bytes, String> {
     let mut names = std::collections::BTreeSet::new();
     for any in resources {
         names.extend(listener_routes(any.clone())?);
     }
-    Ok(names.into_iter().collect())
+    Ok(encode_names(&names.into_iter().collect::<Vec<_>>()))
 }
 
 /// RDS names referenced by the HTTP connection managers of a listener (an
@@ -369,5 +435,42 @@ async fn next_response<Resp>(responses: &mut tonic::Streaming<Resp>) -> Result<R
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err("server closed the stream".into()),
         Err(s) => Err(format!("stream: {s}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    use super::*;
+
+    #[test]
+    fn a_request_with_encoded_names_is_prosts_request() {
+        let names = ["outbound|80||a.ns.svc.cluster.local", "b", ""];
+        let ours = Request {
+            version_info: "3-abc".into(),
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(),
+                ..Node::default()
+            }),
+            names: encode_names(&names.map(|n| Bytes::from_static(n.as_bytes()))),
+            type_url: ENDPOINT.into(),
+            response_nonce: "7".into(),
+        };
+        let prosts = DiscoveryRequest {
+            version_info: ours.version_info.clone(),
+            node: ours.node.clone(),
+            resource_names: names.map(str::to_string).to_vec(),
+            type_url: ours.type_url.clone(),
+            response_nonce: ours.response_nonce.clone(),
+            ..DiscoveryRequest::default()
+        };
+        assert_eq!(ours.encode_to_vec(), prosts.encode_to_vec());
+        assert_eq!(ours.encoded_len(), prosts.encoded_len());
+        let empty = Request::default();
+        assert_eq!(
+            empty.encode_to_vec(),
+            DiscoveryRequest::default().encode_to_vec()
+        );
     }
 }

@@ -124,6 +124,12 @@ const VIRTUAL_INBOUND: &str = "virtualInbound";
 /// Versions of [`PushContext::history`] kept: a stream further behind gets everything.
 const HISTORY: usize = 64;
 
+impl Drop for PushContext {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.cache).retire();
+    }
+}
+
 impl PushContext {
     /// Indexes a store snapshot (no hostname gateway resolved).
     pub fn build(snapshot: &Snapshot, mesh: MeshConfig) -> PushContext {

@@ -4,7 +4,8 @@
 //! A push asks the new state what changed since the stream's state
 //! ([`ConfigState::changes_since`](crate::xds::ConfigState::changes_since)):
 //! nothing; endpoints only (then only the changed assignments the proxy
-//! subscribed to go out, as a partial EDS response); some services (anything
+//! subscribed to go out, as a partial EDS response; when the proxy's own
+//! workload is among them, its other types are regenerated too); some services (anything
 //! for a proxy that imports one of them, else their endpoints only:
 //! [`Changes::for_proxy`](crate::xds::Changes::for_proxy), Sidecar scoping);
 //! or anything (then every subscribed type is regenerated and sent if its
@@ -127,11 +128,15 @@ impl Connection {
                 "DiscoveryRequest without type_url",
             )));
         }
-        let names = match self.types.get(&type_url) {
+        let same = self
+            .types
+            .get(&type_url)
+            .and_then(|state| state.names.same_as(&request.resource_names));
+        let names = match same {
             _ if is_wildcard_type(&type_url) => Names::default(),
             // An ACK: usually the same names (no set built).
-            Some(state) if state.names.same_as(&request.resource_names) => state.names.clone(),
-            _ => self
+            Some(names) => names,
+            None => self
                 .inner
                 .names
                 .intern(&request.resource_names)
@@ -168,12 +173,16 @@ impl Connection {
                     self.on_ack(&type_url);
                 }
                 match self.types.get_mut(&type_url) {
-                    Some(state) if state.names != names => {
-                        debug!(type_url, names = names.len(), "subscription changed");
+                    Some(state) => {
+                        let changed = state.names != names;
+                        if changed {
+                            debug!(type_url, names = names.len(), "subscription changed");
+                        }
+                        // The same set keeps this request's wire hash.
                         state.names = names;
-                        true
+                        changed
                     }
-                    _ => false,
+                    None => false,
                 }
             }
         };
@@ -252,9 +261,14 @@ impl Connection {
                 });
                 (step.into_iter().collect(), small)
             }
-            Changes::Endpoints(_) | Changes::Services(_) | Changes::All => {
-                (self.changed_types().await, false)
-            }
+            // The proxy's own workload moved: its other types may change,
+            // but of its assignments only the changed ones can.
+            Changes::Endpoints(scope) => (
+                self.changed_types(Some((&previous.state, &scope.clusters)))
+                    .await,
+                false,
+            ),
+            Changes::Services(_) | Changes::All => (self.changed_types(None).await, false),
         };
         if changed.is_empty() {
             trace!(version, "nothing changed for this proxy");
@@ -291,12 +305,19 @@ impl Connection {
         Ok(())
     }
 
-    /// Every subscribed type regenerated, those whose content changed.
-    async fn changed_types(&mut self) -> Vec<Step> {
+    /// Every subscribed type regenerated, those whose content changed; of
+    /// EDS only the assignments of the given clusters, when given (an
+    /// endpoint change, with the state the proxy's assignments came from).
+    async fn changed_types(
+        &mut self,
+        endpoints: Option<(&SharedState, &BTreeSet<String>)>,
+    ) -> Vec<Step> {
         let mut changed = Vec::new();
         for type_url in self.push_order() {
             let permit = self.inner.throttle.clone().acquire_owned().await;
-            if let Some(step) = self.generate(&type_url) {
+            if let (ENDPOINT, Some((previous, clusters))) = (type_url.as_str(), endpoints) {
+                changed.extend(self.changed_endpoints(previous, clusters));
+            } else if let Some(step) = self.generate(&type_url) {
                 let unchanged = self
                     .types
                     .get(&type_url)

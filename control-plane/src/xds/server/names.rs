@@ -3,11 +3,13 @@
 //! A state-of-the-world EDS request carries every subscribed name (11,000 at
 //! 10k services), on every ACK. A stream keeps its names as an interned
 //! `Arc<BTreeSet>`, so the many proxies subscribed to the same names hold
-//! one set, and an ACK whose names did not change is recognised by an
-//! order-independent digest of the request's names without building a set.
-//! The digest hashes eight bytes at a time (not SipHash): it runs over every
-//! name of every ACK, and a collision only makes the server miss a change
-//! of the colliding proxy's own subscription.
+//! one set, and an ACK whose names did not change is recognised without
+//! building a set: first by one hash of the names' bytes as they came
+//! ([`RequestNames::wire`], equal when the proxy repeats its last request's
+//! names in the same order, as Envoy does), else by an order-independent
+//! digest of the names. The digest hashes eight bytes at a time (not
+//! SipHash); a collision of either only makes the server miss a change of
+//! the colliding proxy's own subscription.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +26,10 @@ const SWEEP_AT: usize = 1024;
 pub(super) struct Names {
     pub(super) set: Arc<BTreeSet<String>>,
     digest: NamesDigest,
+    /// [`RequestNames::wire`] of the last request that asked for these
+    /// names (not part of equality: the same set in another order is the
+    /// same subscription).
+    wire: Option<u64>,
 }
 
 /// Count and wrapping sum of the names' hashes.
@@ -36,7 +42,7 @@ pub(super) struct NamesDigest {
 impl NamesDigest {
     /// Of names as bytes (received names are not checked to be UTF-8 until
     /// they are interned; a string hashes as its bytes).
-    fn of<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Self {
+    pub(super) fn of<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut d = NamesDigest::default();
         for n in names {
             d.add(n);
@@ -45,7 +51,7 @@ impl NamesDigest {
     }
 
     /// Adds one name.
-    pub(super) fn add(&mut self, name: &[u8]) {
+    fn add(&mut self, name: &[u8]) {
         self.count += 1;
         self.sum = self.sum.wrapping_add(name_hash(name));
     }
@@ -83,9 +89,18 @@ impl PartialEq for Names {
 }
 
 impl Names {
-    /// Whether a request's names are these (a digest match, as an ACK's are).
-    pub(super) fn same_as(&self, requested: &RequestNames) -> bool {
-        self.digest == requested.digest()
+    /// These names as `requested` asked for them again (an ACK's), if they
+    /// are the same set: recognised by the request's wire hash, else by
+    /// the names' digest.
+    pub(super) fn same_as(&self, requested: &RequestNames) -> Option<Names> {
+        let wire = requested.wire();
+        if wire.is_some() && wire == self.wire {
+            return Some(self.clone());
+        }
+        (self.digest == requested.digest()).then(|| Names {
+            wire,
+            ..self.clone()
+        })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -116,7 +131,10 @@ impl Interner {
                     .map_err(|_| NotUtf8(i))
             })
             .collect::<Result<BTreeSet<String>, _>>()?;
-        Ok(self.intern_set(set))
+        Ok(Names {
+            wire: requested.wire(),
+            ..self.intern_set(set)
+        })
     }
 
     /// The shared copy of `set`.
@@ -142,7 +160,11 @@ impl Interner {
                 set
             }
         };
-        Names { set, digest }
+        Names {
+            set,
+            digest,
+            wire: None,
+        }
     }
 }
 

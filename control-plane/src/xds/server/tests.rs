@@ -269,22 +269,62 @@ fn ack_names_are_recognised_without_interning() {
     let requested = RequestNames::of(&[b"b", b"a", b"c"]);
     let names = interner.intern(&requested).expect("UTF-8");
     assert_eq!(names.len(), 3);
-    // Any order, as bytes.
+    // The same request again: its wire hash.
+    let same = RequestNames::of(&[b"b", b"a", b"c"]);
+    assert_eq!(same.wire(), requested.wire());
+    assert!(names.same_as(&same).is_some());
+    // Any order, as bytes: the digest, and the stream then keeps the new
+    // order's wire hash.
     let again = RequestNames::of(&[b"c", b"b", b"a"]);
-    assert!(names.same_as(&again));
-    assert!(!names.same_as(&RequestNames::of(&[b"c", b"b"])));
-    assert!(!names.same_as(&RequestNames::of(&[b"c", b"b", b"x"])));
+    assert_ne!(again.wire(), requested.wire());
+    let reordered = names.same_as(&again).expect("same set");
+    assert_eq!(reordered, names);
+    assert_eq!(
+        reordered.same_as(&RequestNames::of(&[b"c", b"b", b"a"])),
+        Some(reordered.clone())
+    );
+    assert!(names.same_as(&RequestNames::of(&[b"c", b"b"])).is_none());
+    assert!(
+        names
+            .same_as(&RequestNames::of(&[b"c", b"b", b"x"]))
+            .is_none()
+    );
+    assert!(
+        names
+            .same_as(&RequestNames::of(&[b"b", b"a", b"d"]))
+            .is_none()
+    );
     // Longer names, differing in one byte past the first eight.
     let long = |last: &'static [u8]| {
         let name = [&b"outbound|80||svc-1.sample.svc.cluster.local"[..], last].concat();
         RequestNames::of(&[b"a", &name])
     };
     let long_names = interner.intern(&long(b"x")).expect("UTF-8");
-    assert!(long_names.same_as(&long(b"x")));
-    assert!(!long_names.same_as(&long(b"y")));
+    assert!(long_names.same_as(&long(b"x")).is_some());
+    assert!(long_names.same_as(&long(b"y")).is_none());
     // Interned once: another stream with the same names shares the set.
     let shared = interner.intern(&again).expect("UTF-8");
     assert!(Arc::ptr_eq(&names.set, &shared.set));
+}
+
+#[test]
+fn names_split_by_other_fields_are_recognised_by_their_digest() {
+    use prost::Message as _;
+    // resource_names, type_url, resource_names: legal protobuf, not adjacent.
+    let mut message = Vec::new();
+    prost::encoding::bytes::encode(3, &b"a".to_vec(), &mut message);
+    prost::encoding::string::encode(4, &ENDPOINT.to_string(), &mut message);
+    prost::encoding::bytes::encode(3, &b"b".to_vec(), &mut message);
+    let split = super::wire::Request::decode(&message[..]).expect("decodes");
+    assert_eq!(split.type_url, ENDPOINT);
+    let requested = split.resource_names;
+    assert_eq!(requested.wire(), None);
+    let names = Interner::default().intern(&requested).expect("UTF-8");
+    assert_eq!(names.len(), 2);
+    assert!(names.same_as(&RequestNames::of(&[b"a", b"b"])).is_some());
+    assert!(names.same_as(&requested).is_some());
+    let _ = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest::decode(&message[..])
+        .expect("and prost agrees it is a request");
 }
 
 #[test]

@@ -415,9 +415,10 @@ impl Connection {
                 });
                 (step.into_iter().collect(), small)
             }
-            Changes::Endpoints(_) | Changes::Services(_) | Changes::All => {
-                (self.changed_types().await, false)
-            }
+            // The proxy's own workload moved: its other types may change,
+            // but of its assignments only the changed ones can.
+            Changes::Endpoints(scope) => (self.changed_types(Some(&scope.clusters)).await, false),
+            Changes::Services(_) | Changes::All => (self.changed_types(None).await, false),
         };
         if steps.is_empty() {
             trace!(version, "nothing changed for this proxy");
@@ -469,12 +470,16 @@ impl Connection {
         })
     }
 
-    /// Every subscribed type regenerated and compared with what the proxy has.
-    async fn changed_types(&mut self) -> Vec<Step> {
+    /// Every subscribed type regenerated and compared with what the proxy
+    /// has; of EDS only the assignments of `endpoints`, when given (an
+    /// endpoint change).
+    async fn changed_types(&mut self, endpoints: Option<&BTreeSet<String>>) -> Vec<Step> {
         let mut steps = Vec::new();
         for type_url in self.push_order() {
             let permit = self.inner.throttle.clone().acquire_owned().await;
-            if let Some(want) = self.want(&type_url, None)
+            if let (ENDPOINT, Some(clusters)) = (type_url.as_str(), endpoints) {
+                steps.extend(self.changed_endpoints(clusters));
+            } else if let Some(want) = self.want(&type_url, None)
                 && let Some(state) = self.types.get(&type_url)
             {
                 let delta = diff_all(&state.known, &state.rejected, &want);

@@ -134,4 +134,20 @@ fn request_names_are_slices_of_the_same_wire_format() {
     let mut cut = Vec::new();
     prost::encoding::string::encode(3, &"outbound|80||a".to_string(), &mut cut);
     assert!(Request::decode(&cut[..cut.len() - 1]).is_err());
+    // The same after other names (read in one loop), and with a length of
+    // two bytes.
+    let long = "l".repeat(300);
+    for last in ["outbound|80||b", long.as_str()] {
+        let mut names = Vec::new();
+        for name in ["a", "", last] {
+            prost::encoding::string::encode(3, &name.to_string(), &mut names);
+        }
+        let whole = Request::decode(&names[..]).expect("decodes");
+        let got: Vec<&[u8]> = whole.resource_names.iter().collect();
+        assert_eq!(got, [&b"a"[..], b"", last.as_bytes()]);
+        assert!(whole.resource_names.wire().is_some());
+        for cut in 1..=2 {
+            assert!(Request::decode(&names[..names.len() - cut]).is_err());
+        }
+    }
 }
