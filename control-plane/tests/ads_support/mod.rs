@@ -222,14 +222,8 @@ impl Harness {
             ..AdsOptions::default()
         };
         let server = AdsServer::new(rx, options);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
         let shutdown = CancellationToken::new();
-        let serving = tokio::spawn({
-            let server = server.clone();
-            let shutdown = shutdown.clone();
-            async move { server.serve(listener, shutdown).await.expect("ADS serves") }
-        });
+        let (addr, serving) = serve_on_loopback(&server, &shutdown).await;
         Self {
             server,
             addr,
@@ -503,4 +497,20 @@ pub async fn assert_silent<T, S: std::fmt::Debug>(
             got.map(|r| r.map(|r| summary(&r)))
         );
     }
+}
+
+/// Serves `server` on `127.0.0.1:0` until `shutdown`: its address and the
+/// serving task.
+pub async fn serve_on_loopback(
+    server: &AdsServer,
+    shutdown: &CancellationToken,
+) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let serving = tokio::spawn({
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        async move { server.serve(listener, shutdown).await.expect("ADS serves") }
+    });
+    (addr, serving)
 }

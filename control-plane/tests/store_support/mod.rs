@@ -11,7 +11,6 @@ use isthmus_control_plane::controller;
 use isthmus_control_plane::registry::ClusterContext;
 use isthmus_control_plane::xds::generate::MeshConfig;
 use isthmus_control_plane::xds::server::{AdsOptions, AdsServer};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::ads_support::Client;
@@ -70,13 +69,7 @@ impl ControlPlane {
                 ..AdsOptions::default()
             },
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        tokio::spawn({
-            let server = server.clone();
-            let shutdown = shutdown.clone();
-            async move { server.serve(listener, shutdown).await.expect("serves") }
-        });
+        let (addr, _serving) = super::ads_support::serve_on_loopback(&server, &shutdown).await;
         Self {
             store,
             server,
