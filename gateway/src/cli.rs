@@ -57,12 +57,13 @@ pub struct GatewayArgs {
     /// Bytes in flight per direction with --zero-copy off: the copy's buffer.
     #[arg(long, default_value_t = DEFAULT_BUFFER_SIZE)]
     pub buffer_size: usize,
-    /// Bytes in flight per direction with --zero-copy on: the pipe's size
-    /// (rounded up by the kernel to a power of two pages).
+    /// Bytes in flight per direction in bulk with --zero-copy on: the pipe's
+    /// size (rounded up by the kernel to a power of two pages).
     #[arg(long, default_value_t = DEFAULT_PIPE_SIZE)]
     pub pipe_size: usize,
-    /// Move bytes with splice(2) through a pipe per direction (on, Linux)
-    /// or through user-space buffers (off).
+    /// Copy small messages through the stack and move bulk with splice(2)
+    /// through a pipe per direction (on, Linux), or copy everything
+    /// through user-space buffers (off).
     #[arg(long, value_enum, default_value_t = Switch::from(DEFAULT_ZERO_COPY))]
     pub zero_copy: Switch,
     /// How long connections get to finish on SIGTERM.

@@ -3,11 +3,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use isthmus_proxy_core::transport::{Direction, SpliceEnd, Transfer, splice_with};
+use isthmus_proxy_core::transport::{Direction, Pump, SpliceEnd, Transfer, splice_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::pipe::PipePump;
+use super::pipe::{COPY_SIZE, Pipe, PipePump};
 use super::*;
 use crate::run::DEFAULT_PIPE_SIZE;
 
@@ -49,8 +49,8 @@ async fn spliced(
 ) {
     let (client, mut down) = tcp_pair().await;
     let (mut up, server) = tcp_pair().await;
-    let to_up = PipePump::new(pipe_size).unwrap();
-    let to_down = PipePump::new(pipe_size).unwrap();
+    let to_up = PipePump::new(pipe_size);
+    let to_down = PipePump::new(pipe_size);
     let task =
         tokio::spawn(
             async move { splice_with(&mut down, &mut up, to_up, to_down, idle, &*sums).await },
@@ -339,11 +339,82 @@ async fn a_server_reset_mid_transfer_is_an_error_naming_the_upstream() {
     assert_eq!(err.side, "upstream", "{err}");
 }
 
+/// Writes `message` on `client` and drives `pump` (`down` → `up`) until
+/// `server` has read it whole.
+async fn through(
+    pump: &mut PipePump,
+    [client, down, up, server]: [&mut TcpStream; 4],
+    message: &[u8],
+) {
+    let mut got = vec![0u8; message.len()];
+    let pump_until_read = async {
+        tokio::select! {
+            ended = std::future::poll_fn(|cx| pump.poll_pump(cx, down, up, Direction::ToUpstream, &())) => {
+                panic!("the pump ended: {ended:?}")
+            }
+            read = server.read_exact(&mut got) => { read.unwrap(); }
+        }
+    };
+    let (sent, ()) = tokio::time::timeout(WAIT, async {
+        tokio::join!(client.write_all(message), pump_until_read)
+    })
+    .await
+    .expect("the message arrives");
+    sent.unwrap();
+    assert!(
+        got == message,
+        "a {}-byte message arrived changed",
+        message.len()
+    );
+}
+
+#[tokio::test]
+async fn small_messages_are_copied_without_a_pipe_and_bulk_goes_through_one() {
+    let (mut client, mut down) = tcp_pair().await;
+    let (mut up, mut server) = tcp_pair().await;
+    let mut pump = PipePump::new(DEFAULT_PIPE_SIZE);
+    let pattern = Pattern::new();
+    macro_rules! ends {
+        () => {
+            [&mut client, &mut down, &mut up, &mut server]
+        };
+    }
+    for size in [1, 100, 1448, 4096, COPY_SIZE - 1] {
+        for _ in 0..5 {
+            through(&mut pump, ends!(), pattern.at(size as u64, size)).await;
+        }
+    }
+    assert_eq!(pump.spliced(), (false, 0), "small messages make no pipe");
+
+    // A megabyte at once: after a full copy read, the rest is spliced.
+    let mut bulk = Vec::with_capacity(1 << 20);
+    while bulk.len() < 1 << 20 {
+        bulk.extend_from_slice(pattern.at(bulk.len() as u64, Pattern::CHUNK));
+    }
+    through(&mut pump, ends!(), &bulk).await;
+    let (made, spliced) = pump.spliced();
+    assert!(made && spliced > 0, "bulk went through the pipe");
+
+    // Small messages are copied again (after at most one short read
+    // through the pipe, if the megabyte's last read was a full one).
+    for _ in 0..20 {
+        through(&mut pump, ends!(), b"small again").await;
+    }
+    let (_, after) = pump.spliced();
+    assert!(
+        after - spliced <= 11,
+        "{} more bytes spliced",
+        after - spliced
+    );
+    let moved = 5 * (1 + 100 + 1448 + 4096 + COPY_SIZE as u64 - 1) + (1 << 20) + 20 * 11;
+    assert_eq!(pump.written(), moved);
+}
+
 #[tokio::test]
 async fn the_pipe_takes_the_size_asked_for_rounded_to_pages() {
-    let pipe = PipePump::new(100_000).unwrap();
+    let pipe = Pipe::new(100_000).unwrap();
     assert_eq!(pipe.capacity(), 128 * 1024);
-    let pipe = PipePump::new(1).unwrap();
+    let pipe = Pipe::new(1).unwrap();
     assert_eq!(pipe.capacity(), 4096);
 }
 
