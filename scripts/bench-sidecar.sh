@@ -344,6 +344,31 @@ for round in $(seq 1 "$max_rounds"); do
     echo "$w" >"$work/wrk-$path-$round.txt"
   done
 done
+# System calls per request (SYSCALLS=1): one more, shorter wrk run per proxy
+# path with `strace -c` attached to every proxy process. ptrace slows the
+# path down, so only the counts per request mean anything, not the rate.
+declare -A syscalls
+if [[ -n ${SYSCALLS:-} ]]; then
+  for path in $paths; do
+    [[ $path == direct ]] && continue
+    tracers=()
+    for pid in ${proc[$path]}; do
+      strace -c -f -q -p "$pid" -o "$work/strace-$path-$pid.txt" &
+      tracers+=($!)
+    done
+    sleep 1
+    w=$(wrk -t2 -c"$conns" -d5s -H "Host: ${hdr[$path]}" "${url[$path]}")
+    kill -INT "${tracers[@]}"
+    wait "${tracers[@]}" 2>/dev/null || true
+    requests=$(echo "$w" | awk '/requests in/ {print $1}')
+    syscalls[$path]=$(cat "$work"/strace-"$path"-*.txt | awk -v n="$requests" '
+      $NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" { c[$NF] += $4 }
+      END { t = 0; for (k in c) t += c[k]; printf "%.2f per request (%d requests):", t / n, n
+            for (k in c) if (c[k] / n >= 0.05) printf " %s %.2f", k, c[k] / n }')
+    echo "== $path system calls: ${syscalls[$path]}"
+  done
+fi
+
 for path in $paths; do
   # The median round (by requests/s) gives the row's figures.
   median_round=$(for r in $(seq 1 "$max_rounds"); do
@@ -403,6 +428,9 @@ wrk_pct() { echo "$1" | awk -v p="$2" '$1 == p {print $2}'; }
       "RSS after the runs client $(mem "$client_base_pid"), server $(mem "$server_base_pid");" \
       "resident MiB by mapping: client $(breakdown "$client_base_pid"); server $(breakdown "$server_base_pid")."
   fi
+  for path in "${!syscalls[@]}"; do
+    echo "System calls of the $path proxies: ${syscalls[$path]}."
+  done
   echo "Mesh path CPU per 1,000 rps: client sidecar $cpu_client vCPU, server sidecar $cpu_server vCPU."
   echo "Sidecar memory after the runs ($clusters outbound clusters from $services services and the benchmark's):" \
     "client $client_mem; server $server_mem."
