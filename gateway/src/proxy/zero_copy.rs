@@ -162,11 +162,6 @@ mod pipe {
             (self.pipe.is_some(), self.spliced)
         }
 
-        fn moved<T: Transfer + ?Sized>(&mut self, n: usize, direction: Direction, observer: &T) {
-            self.written += n as u64;
-            observer.transferred(direction, n as u64);
-        }
-
         /// The pipe, made on first use; `None` if it cannot be.
         fn pipe(&mut self) -> Option<&Pipe> {
             if self.pipe.is_none() && !self.no_pipe {
@@ -181,36 +176,49 @@ mod pipe {
             self.pipe.as_ref()
         }
 
-        /// `bytes` → `writer` until written or the writer pushes back;
-        /// what it does not take waits in `pending`.
-        fn poll_write_all<T: Transfer + ?Sized>(
-            &mut self,
+        /// `bytes[*from..]` → `writer`, advancing `from`, until all is
+        /// written or the writer pushes back.
+        fn poll_write_from<T: Transfer + ?Sized>(
             cx: &mut Context<'_>,
             writer: &mut TcpStream,
             bytes: &[u8],
+            from: &mut usize,
+            written: &mut u64,
+            direction: Direction,
+            observer: &T,
+        ) -> Poll<io::Result<()>> {
+            while *from < bytes.len() {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &bytes[*from..]))?;
+                if n == 0 {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes");
+                    return Poll::Ready(Err(e));
+                }
+                *from += n;
+                *written += n as u64;
+                observer.transferred(direction, n as u64);
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        /// What a copy read got → `writer`; what the writer does not take
+        /// now waits in `pending`.
+        fn poll_write_read<T: Transfer + ?Sized>(
+            &mut self,
+            cx: &mut Context<'_>,
+            writer: &mut TcpStream,
+            read: &[u8],
             direction: Direction,
             observer: &T,
         ) -> Poll<io::Result<()>> {
             let mut from = 0;
-            while from < bytes.len() {
-                match Pin::new(&mut *writer).poll_write(cx, &bytes[from..]) {
-                    Poll::Ready(Ok(0)) => {
-                        let e = io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes");
-                        return Poll::Ready(Err(e));
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        from += n;
-                        self.moved(n, direction, observer);
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        self.pending.extend_from_slice(&bytes[from..]);
-                        self.pending_from = 0;
-                        return Poll::Pending;
-                    }
-                }
+            let written = &mut self.written;
+            let result =
+                Self::poll_write_from(cx, writer, read, &mut from, written, direction, observer);
+            if result.is_pending() {
+                self.pending.extend_from_slice(&read[from..]);
+                self.pending_from = 0;
             }
-            Poll::Ready(Ok(()))
+            result
         }
 
         /// `pending` → `writer` until it is empty.
@@ -221,21 +229,17 @@ mod pipe {
             direction: Direction,
             observer: &T,
         ) -> Poll<io::Result<()>> {
-            while self.pending_from < self.pending.len() {
-                let rest = &self.pending[self.pending_from..];
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, rest))?;
-                if n == 0 {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes");
-                    return Poll::Ready(Err(e));
-                }
-                self.pending_from += n;
-                self.moved(n, direction, observer);
+            if self.pending.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            if !self.pending.is_empty() {
-                // Rare (a writer that pushed back): give the memory back.
-                self.pending = Vec::new();
-                self.pending_from = 0;
-            }
+            let (pending, from, written) =
+                (&self.pending, &mut self.pending_from, &mut self.written);
+            ready!(Self::poll_write_from(
+                cx, writer, pending, from, written, direction, observer
+            ))?;
+            // Rare (a writer that pushed back): give the memory back.
+            self.pending = Vec::new();
+            self.pending_from = 0;
             Poll::Ready(Ok(()))
         }
 
@@ -263,7 +267,8 @@ mod pipe {
                     Ok(n) => {
                         self.queued -= n;
                         self.spliced += n as u64;
-                        self.moved(n, direction, observer);
+                        self.written += n as u64;
+                        observer.transferred(direction, n as u64);
                     }
                     // Readiness is cleared: the next poll waits for it.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -352,7 +357,7 @@ mod pipe {
                     continue;
                 }
                 self.bulk = read.len() == COPY_SIZE;
-                ready!(self.poll_write_all(cx, writer, read, direction, observer))
+                ready!(self.poll_write_read(cx, writer, read, direction, observer))
                     .map_err(PumpError::Write)?;
             }
         }
