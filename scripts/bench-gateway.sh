@@ -25,10 +25,17 @@
 #   LTO=1     isthmus-gateway from the `dist` profile (fat LTO, one codegen
 #             unit; a smaller binary maps less memory; ~10 min to build)
 #   BUILD=0   use the binaries as they are (ISTHMUS_BIN, GATEWAY_BIN)
+#   FIGURES   which figures to run, a subset of `conns bulk latency` (all);
+#             e.g. FIGURES=latency ROUNDS=10 for a steadier p99
+#   SYSCALLS=1  one more 5 s run of the conns and latency loads per proxy
+#             with `strace -c -f` attached: system calls per new connection
+#             and per small request (ptrace slows the path, so only the
+#             counts per request mean anything)
 set -euo pipefail
 
 DURATION=${DURATION:-10}
 CONC=${CONC:-32}
+FIGURES=${FIGURES:-conns bulk latency}
 ROUNDS=${ROUNDS:-2}
 GATEWAYS=${GATEWAYS:-"isthmus-multi-copy=multi --zero-copy off;isthmus-copy=thin --zero-copy off;isthmus-splice=thin --zero-copy on"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -256,6 +263,33 @@ memory_kb() {  # peak RSS, RssAnon, RssFile of a process and its children (nginx
     echo "$peak $anon $file"
 }
 
+ctx_switches() {  # voluntary + involuntary context switches of a process's threads and its children's
+    local total=0 pid
+    [[ -n $1 ]] || { echo 0; return; }
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(cat /proc/"$pid"/task/*/status 2>/dev/null |
+            awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }')))
+    done
+    echo "$total"
+}
+
+syscalls_per_request() {  # pid mode concurrency -> "<per request>: <top calls>" over a 5 s run under strace
+    local pid tracers=() out
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        strace -c -f -q -p "$pid" -o "$WORK/strace-$pid.txt" &
+        tracers+=($!)
+    done
+    sleep 1
+    out=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" "$2" 5 "$3")
+    kill -INT "${tracers[@]}"
+    wait "${tracers[@]}" 2>/dev/null || true
+    cat "$WORK"/strace-*.txt | awk -v n="$(awk -v r="$(get rate "$out")" 'BEGIN { printf "%d", r * 5 }')" '
+        $NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" { c[$NF] += $4 }
+        END { t = 0; for (k in c) t += c[k]; printf "%.2f per request:", t / n
+              for (k in c) if (c[k] / n >= 0.05) printf " %s %.2f", k, c[k] / n }'
+    rm -f "$WORK"/strace-*.txt
+}
+
 cpu_ticks() {  # user + system clock ticks of a process and its children (nginx workers)
     local total=0 pid
     [[ -n $1 ]] || { echo 0; return; }
@@ -265,20 +299,48 @@ cpu_ticks() {  # user + system clock ticks of a process and its children (nginx 
     echo "$total"
 }
 
+per_unit_us() {  # cpu ticks before, rate per second -> proxy CPU µs per unit over the last $DURATION s
+    awk -v d="$(( $(cpu_ticks "$PROXY_PID") - $1 ))" -v hz="$(getconf CLK_TCK)" -v r="$2" -v s="$DURATION" \
+        'BEGIN { printf "%.1f", (r > 0 ? d / hz * 1e6 / (r * s) : 0) }'
+}
+
 bench_target() {  # round name -> one line into $WORK/results
     local round=$1 name=$2 conns bulk lat mem cpu0 cpu t0 t1
     start_proxy "$name"
     "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency 1 4 >/dev/null  # warm up
-    conns=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
-    cpu0=$(cpu_ticks "$PROXY_PID") t0=$(date +%s.%N)
-    bulk=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" bulk "$DURATION" 4)
-    t1=$(date +%s.%N)
-    # CPU the proxy spent per GB of bulk (ms): what it takes from the
-    # others on a shared machine, steadier than MB/s there.
-    cpu=$(( ($(cpu_ticks "$PROXY_PID") - cpu0) * 1000 / $(getconf CLK_TCK) ))
-    cpu=$(awk -v ms="$cpu" -v mbps="$(get mbps "$bulk")" -v t0="$t0" -v t1="$t1" \
-        'BEGIN { gb = mbps * (t1 - t0) / 1000; printf "%.0f", (gb > 0 ? ms / gb : 0) }')
-    lat=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency "$DURATION" 8)
+    conns="rate=0" bulk="mbps=0" lat="p50_us=0 p99_us=0" cpu=0 cpu_conn=0 cpu_req=0
+    if [[ " $FIGURES " == *" conns "* ]]; then
+        cpu0=$(cpu_ticks "$PROXY_PID")
+        conns=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
+        cpu_conn=$(per_unit_us "$cpu0" "$(get rate "$conns")")
+        if [[ -n ${SYSCALLS:-} && -n $PROXY_PID ]]; then
+            need strace || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+            echo "  $name system calls per new connection: $(syscalls_per_request "$PROXY_PID" conns "$CONC")" >&2
+        fi
+    fi
+    if [[ " $FIGURES " == *" bulk "* ]]; then
+        cpu0=$(cpu_ticks "$PROXY_PID") t0=$(date +%s.%N)
+        bulk=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" bulk "$DURATION" 4)
+        t1=$(date +%s.%N)
+        # CPU the proxy spent per GB of bulk (ms): what it takes from the
+        # others on a shared machine, steadier than MB/s there.
+        cpu=$(( ($(cpu_ticks "$PROXY_PID") - cpu0) * 1000 / $(getconf CLK_TCK) ))
+        cpu=$(awk -v ms="$cpu" -v mbps="$(get mbps "$bulk")" -v t0="$t0" -v t1="$t1" \
+            'BEGIN { gb = mbps * (t1 - t0) / 1000; printf "%.0f", (gb > 0 ? ms / gb : 0) }')
+    fi
+    if [[ " $FIGURES " == *" latency "* ]]; then
+        local cs0 cs
+        cs0=$(ctx_switches "$PROXY_PID") cpu0=$(cpu_ticks "$PROXY_PID")
+        lat=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency "$DURATION" 8)
+        cpu_req=$(per_unit_us "$cpu0" "$(get rate "$lat")")
+        cs=$(awk -v d="$(( $(ctx_switches "$PROXY_PID") - cs0 ))" -v r="$(get rate "$lat")" -v s="$DURATION" \
+            'BEGIN { printf "%.2f", (r > 0 ? d / (r * s) : 0) }')
+        echo "  $name: small-request rate $(get rate "$lat")/s, proxy context switches per request $cs" >&2
+        if [[ -n ${SYSCALLS:-} && -n $PROXY_PID ]]; then
+            need strace || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+            echo "  $name system calls per small request: $(syscalls_per_request "$PROXY_PID" latency 8)" >&2
+        fi
+    fi
     mem="0 0 0"
     [[ -n $PROXY_PID ]] && mem=$(memory_kb "$PROXY_PID")
     if [[ -n ${GW_KIND[$name]:-} ]]; then
@@ -286,7 +348,7 @@ bench_target() {  # round name -> one line into $WORK/results
     fi
     stop_proxy
     echo "  $name: conns[$conns] bulk[$bulk] latency[$lat] memory[$mem]" >&2
-    echo "$round $name $(get rate "$conns") $(get mbps "$bulk") $(get p50_us "$lat") $(get p99_us "$lat") $mem $(get errors "$conns")/$(get errors "$bulk")/$(get errors "$lat") $cpu" >>"$WORK/results"
+    echo "$round $name $(get rate "$conns") $(get mbps "$bulk") $(get p50_us "$lat") $(get p99_us "$lat") $mem $(get errors "$conns")/$(get errors "$bulk")/$(get errors "$lat") $cpu $cpu_conn $cpu_req" >>"$WORK/results"
 }
 
 TARGETS=(direct haproxy nginx "${GW_NAMES[@]}")
@@ -308,16 +370,17 @@ for round in $(seq "$ROUNDS"); do
     echo "Round $round:"
     echo
     awk -v round="$round" '
+        function ratio(a, b) { return b > 0 ? sprintf("%.2f×", a / b) : "–" }
         $1 != round { next }
-        { conns[$2] = $3; bulk[$2] = $4; p50[$2] = $5; p99[$2] = $6; peak[$2] = $7; anon[$2] = $8; file[$2] = $9; err[$2] = $10; cpu[$2] = $11; names[++n] = $2 }
+        { conns[$2] = $3; bulk[$2] = $4; p50[$2] = $5; p99[$2] = $6; peak[$2] = $7; anon[$2] = $8; file[$2] = $9; err[$2] = $10; cpu[$2] = $11; cc[$2] = $12; cr[$2] = $13; names[++n] = $2 }
         END {
-            print "| target | new TLS conn/s | bulk MB/s | proxy CPU ms per GB bulk | p50 µs (added) | p99 µs (added) | peak RSS MiB (anon + file at end) | errors c/b/l |"
-            print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-            printf "| backend direct | %s | %s | – | %s | %s | – | %s |\n", conns["direct"], bulk["direct"], p50["direct"], p99["direct"], err["direct"]
+            print "| target | new TLS conn/s | proxy CPU µs per conn | bulk MB/s | proxy CPU ms per GB bulk | p50 µs (added) | p99 µs (added) | proxy CPU µs per small request | peak RSS MiB (anon + file at end) | errors c/b/l |"
+            print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            printf "| backend direct | %s | – | %s | – | %s | %s | – | – | %s |\n", conns["direct"], bulk["direct"], p50["direct"], p99["direct"], err["direct"]
             for (i = 1; i <= n; i++) {
                 t = names[i]; if (t == "direct") continue
-                printf "| %s | %s | %s | %s | %s (%+d) | %s (%+d) | %.1f (%.1f + %.1f) | %s |\n", t, conns[t], bulk[t], cpu[t], \
-                    p50[t], p50[t] - p50["direct"], p99[t], p99[t] - p99["direct"], peak[t] / 1024, anon[t] / 1024, file[t] / 1024, err[t]
+                printf "| %s | %s | %s | %s | %s | %s (%+d) | %s (%+d) | %s | %.1f (%.1f + %.1f) | %s |\n", t, conns[t], cc[t], bulk[t], cpu[t], \
+                    p50[t], p50[t] - p50["direct"], p99[t], p99[t] - p99["direct"], cr[t], peak[t] / 1024, anon[t] / 1024, file[t] / 1024, err[t]
             }
             print ""
             print "| vs HAProxy | conn/s | bulk | CPU per GB (lower is better) | added p50 (lower is better) | peak RSS (lower is better) |"
@@ -326,8 +389,36 @@ for round in $(seq "$ROUNDS"); do
             for (i = 1; i <= n; i++) {
                 t = names[i]; if (t == "direct" || t == "haproxy") continue
                 a = p50[t] - p50["direct"]
-                printf "| %s | %.2f× | %.2f× | %.2f× | %s | %.2f× |\n", t, conns[t] / conns["haproxy"], bulk[t] / bulk["haproxy"], \
-                    cpu[t] / cpu["haproxy"], (hp > 0 ? sprintf("%.2f×", a / hp) : "–"), peak[t] / peak["haproxy"]
+                printf "| %s | %s | %s | %s | %s | %s |\n", t, ratio(conns[t], conns["haproxy"]), ratio(bulk[t], bulk["haproxy"]), \
+                    ratio(cpu[t], cpu["haproxy"]), (hp > 0 ? ratio(a, hp) : "–"), ratio(peak[t], peak["haproxy"])
             }
         }' "$WORK/results"
 done
+
+# --- across rounds -------------------------------------------------------------
+if ((ROUNDS > 1)); then
+    echo
+    echo "Medians over $ROUNDS rounds (figure, and the per-round ratio to HAProxy; raw p99, not added):"
+    echo
+    echo "| target | new TLS conn/s | bulk MB/s | p99 µs | conn/s vs HAProxy | bulk vs HAProxy | p99 vs HAProxy (lower is better) | CPU per conn vs HAProxy | CPU per small request vs HAProxy |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for name in "${TARGETS[@]}"; do
+        [[ $name == direct ]] && continue
+        awk -v t="$name" '
+            function median(v, n,   i, j, x) {
+                for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+            }
+            $2 == "haproxy" { hc[$1] = $3; hb[$1] = $4; hp[$1] = $6; hcc[$1] = $12; hcr[$1] = $13 }
+            $2 == t { c[$1] = $3; b[$1] = $4; p[$1] = $6; xc[$1] = $12; xr[$1] = $13; rounds[++n] = $1 }
+            END {
+                for (i = 1; i <= n; i++) {
+                    r = rounds[i]; vc[i] = c[r]; vb[i] = b[r]; vp[i] = p[r]
+                    rc[i] = hc[r] > 0 ? c[r] / hc[r] : 0; rb[i] = hb[r] > 0 ? b[r] / hb[r] : 0; rp[i] = hp[r] > 0 ? p[r] / hp[r] : 0
+                    rcc[i] = hcc[r] > 0 ? xc[r] / hcc[r] : 0; rcr[i] = hcr[r] > 0 ? xr[r] / hcr[r] : 0
+                }
+                printf "| %s | %.0f | %.0f | %.0f | %.2f× | %.2f× | %.2f× | %.2f× | %.2f× |\n", t, median(vc, n), median(vb, n), median(vp, n), \
+                    median(rc, n), median(rb, n), median(rp, n), median(rcc, n), median(rcr, n)
+            }' "$WORK/results"
+    done
+fi
