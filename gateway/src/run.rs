@@ -12,6 +12,7 @@ use http::StatusCode;
 use isthmus_api::naming::Locality;
 use isthmus_proxy_core::ProxyConfig;
 use isthmus_proxy_core::admin::{self, AdminServer};
+use isthmus_proxy_core::process::tick;
 use isthmus_proxy_core::transport::SpliceConfig;
 use isthmus_proxy_core::xds::{
     NodeInfo, NodeRole, PlaintextConnector, XdsClient, XdsError, XdsOptions, XdsProtocol,
@@ -258,6 +259,17 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
             }
         }
     });
+    // Connections' first timers (ClientHello, connect) then never come
+    // before the driver's planned wake-up: no wake-up of it per connection.
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tick() => {}
+            }
+        }
+    });
     let (routes_tx, routes) = watch::channel(Arc::new(RouteTable::default()));
     let (ready_tx, ready) = watch::channel(false);
     let routes_task = tokio::spawn(keep_routes(
@@ -277,13 +289,6 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
     let admin = match options.admin {
         None => None,
         Some(address) => {
-            let std_listener =
-                std::net::TcpListener::bind(address).map_err(|source| Error::Bind {
-                    what: "admin",
-                    address,
-                    source,
-                })?;
-            let bound = std_listener.local_addr().map_err(Error::Admin)?;
             let server = admin_server(
                 Arc::new(registry),
                 config,
@@ -291,10 +296,13 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
                 routes.clone(),
                 drain.clone(),
             );
-            let thread = server
-                .spawn_dedicated(std_listener, stop.clone())
-                .map_err(Error::Admin)?;
-            Some((bound, thread))
+            match start_admin(server, address, &stop) {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    stop.cancel(); // the xDS client and the routes task
+                    return Err(e);
+                }
+            }
         }
     };
     let admin_address = admin.as_ref().map(|(a, _)| *a);
@@ -345,6 +353,24 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
         ready,
         task,
     })
+}
+
+/// Binds the admin server and starts its thread.
+fn start_admin(
+    server: AdminServer,
+    address: SocketAddr,
+    stop: &CancellationToken,
+) -> Result<(SocketAddr, std::thread::JoinHandle<()>), Error> {
+    let listener = std::net::TcpListener::bind(address).map_err(|source| Error::Bind {
+        what: "admin",
+        address,
+        source,
+    })?;
+    let bound = listener.local_addr().map_err(Error::Admin)?;
+    let thread = server
+        .spawn_dedicated(listener, stop.clone())
+        .map_err(Error::Admin)?;
+    Ok((bound, thread))
 }
 
 /// Which xDS listener the gateway serves.

@@ -1,5 +1,5 @@
-//! What every Isthmus process does the same way at its edges: log set-up
-//! and waiting for the signal to stop. Shared by the multi-call `isthmus`
+//! What every Isthmus process does the same way at its edges: log set-up,
+//! waiting for the signal to stop, and the proxies' runtime clock tick. Shared by the multi-call `isthmus`
 //! and the thin `isthmus-sidecar` / `isthmus-gateway` binaries.
 
 /// Logs to stderr, filtered by `ISTHMUS_LOG` (tracing's `EnvFilter` syntax),
@@ -31,4 +31,23 @@ pub async fn terminate() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// How often [`tick`] ticks; shorter than every per-connection timer the
+/// proxies set (the 10 s header-read and ClientHello timeouts).
+pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps a timer due within [`TICK`] on the runtime it runs on; never
+/// returns. tokio wakes its I/O driver (an eventfd write, then one more
+/// `epoll_wait`, on another thread when the driver is parked there)
+/// whenever a new timer is due before the driver's next planned wake-up.
+/// Without a tick that is nearly every connection's or request's first
+/// timer, since the previous one was dropped when it was met; with it,
+/// one wake-up a second.
+pub async fn tick() {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }

@@ -15,12 +15,11 @@
 //!                                                                  └─ upstream connections (pool shard k)
 //! ```
 
+use isthmus_proxy_core::process::tick;
 use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
 use tokio::runtime::{Builder, Handle};
 use tokio_util::sync::CancellationToken;
 
@@ -89,23 +88,6 @@ impl Workers {
     pub(crate) fn next(&self) -> &Handle {
         let k = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         &self.handles[k]
-    }
-}
-
-/// How often a worker's clock ticks; shorter than every per-request
-/// timer (the 10 s header-read timeout).
-const TICK: Duration = Duration::from_secs(1);
-
-/// Keeps a timer due within [`TICK`] on the worker. tokio wakes its own
-/// driver (an eventfd write, then one more `epoll_wait`) whenever a new
-/// timer is due before the driver's next planned wake-up; without a tick,
-/// that is the header-read timer of nearly every request, since the
-/// previous one was dropped when its head arrived.
-async fn tick() {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
     }
 }
 

@@ -49,8 +49,7 @@ async fn spliced(
 ) {
     let (client, mut down) = tcp_pair().await;
     let (mut up, server) = tcp_pair().await;
-    let to_up = PipePump::new(pipe_size);
-    let to_down = PipePump::new(pipe_size);
+    let (to_up, to_down) = PipePump::pair(pipe_size);
     let task =
         tokio::spawn(
             async move { splice_with(&mut down, &mut up, to_up, to_down, idle, &*sums).await },
