@@ -214,6 +214,41 @@ async fn a_client_half_close_reaches_the_server_which_can_still_answer() {
     assert_eq!(stats.end, SpliceEnd::Closed);
 }
 
+/// Bytes and the FIN already queued when a direction first reads (the
+/// FIN seen before the read, so EOF comes without a read of its own): all
+/// bytes pass, then the half-close, at every size around the copy buffer.
+#[tokio::test]
+async fn bytes_queued_with_the_fin_before_the_first_read_all_pass_then_the_half_close() {
+    let pattern = Pattern::new();
+    for len in [1, COPY_SIZE - 1, COPY_SIZE, COPY_SIZE + 1, 100_000] {
+        let (mut client, mut down) = tcp_pair().await;
+        let (mut up, mut server) = tcp_pair().await;
+        send(&mut client, &pattern, 7, len as u64).await;
+        // Let the bytes and the FIN reach the proxy's socket first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (to_up, to_down) = PipePump::pair(DEFAULT_PIPE_SIZE);
+        let sums = std::sync::Arc::new(Sums::default());
+        let task = tokio::spawn(async move {
+            splice_with(&mut down, &mut up, to_up, to_down, None, &*sums).await
+        });
+        let got = tokio::time::timeout(WAIT, receive(&mut server, &pattern, 7))
+            .await
+            .unwrap();
+        assert_eq!(got, len as u64, "{len} bytes sent");
+        // The server answers on its half, then closes.
+        server.write_all(b"done").await.unwrap();
+        drop(server);
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, client.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, b"done");
+        let stats = task.await.unwrap().unwrap();
+        assert_eq!((stats.to_upstream, stats.to_downstream), (len as u64, 4));
+    }
+}
+
 #[tokio::test]
 async fn a_server_half_close_reaches_the_client_which_can_still_send() {
     let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
