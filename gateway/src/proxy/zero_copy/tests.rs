@@ -36,25 +36,45 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (client.unwrap(), accepted.unwrap().0)
 }
 
+type SpliceTask = tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>;
+
+/// Splices between the proxy's two sockets, `down` (to the client) and
+/// `up` (to the server), in a task of its own.
+fn start_splice(
+    mut down: TcpStream,
+    mut up: TcpStream,
+    pipe_size: usize,
+    idle: Option<Duration>,
+    sums: std::sync::Arc<Sums>,
+) -> SpliceTask {
+    let (to_up, to_down) = PipePump::pair(pipe_size);
+    tokio::spawn(async move { splice_with(&mut down, &mut up, to_up, to_down, idle, &*sums).await })
+}
+
 /// client ⇄ (down ⇄ pipes ⇄ up) ⇄ server: returns the client, the server
 /// and the splice task.
 async fn spliced(
     pipe_size: usize,
     idle: Option<Duration>,
     sums: std::sync::Arc<Sums>,
-) -> (
-    TcpStream,
-    TcpStream,
-    tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>,
-) {
-    let (client, mut down) = tcp_pair().await;
-    let (mut up, server) = tcp_pair().await;
-    let (to_up, to_down) = PipePump::pair(pipe_size);
-    let task =
-        tokio::spawn(
-            async move { splice_with(&mut down, &mut up, to_up, to_down, idle, &*sums).await },
-        );
-    (client, server, task)
+) -> (TcpStream, TcpStream, SpliceTask) {
+    let (client, down) = tcp_pair().await;
+    let (up, server) = tcp_pair().await;
+    (
+        client,
+        server,
+        start_splice(down, up, pipe_size, idle, sums),
+    )
+}
+
+/// Everything `stream` sends until EOF (bounded by [`WAIT`]).
+async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
 }
 
 /// A pattern with a prime period, so a byte dropped, duplicated or
@@ -192,22 +212,14 @@ async fn a_client_half_close_reaches_the_server_which_can_still_answer() {
     let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(WAIT, server.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_all(&mut server).await;
     assert_eq!(got, b"request");
     for _ in 0..3 {
         server.write_all(b"part ").await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(server);
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, client.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = read_all(&mut client).await;
     assert_eq!(answer, b"part part part ");
     let stats = task.await.unwrap().unwrap();
     assert_eq!((stats.to_upstream, stats.to_downstream), (7, 15));
@@ -221,16 +233,12 @@ async fn a_client_half_close_reaches_the_server_which_can_still_answer() {
 async fn bytes_queued_with_the_fin_before_the_first_read_all_pass_then_the_half_close() {
     let pattern = Pattern::new();
     for len in [1, COPY_SIZE - 1, COPY_SIZE, COPY_SIZE + 1, 100_000] {
-        let (mut client, mut down) = tcp_pair().await;
-        let (mut up, mut server) = tcp_pair().await;
+        let (mut client, down) = tcp_pair().await;
+        let (up, mut server) = tcp_pair().await;
         send(&mut client, &pattern, 7, len as u64).await;
         // Let the bytes and the FIN reach the proxy's socket first.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let (to_up, to_down) = PipePump::pair(DEFAULT_PIPE_SIZE);
-        let sums = std::sync::Arc::new(Sums::default());
-        let task = tokio::spawn(async move {
-            splice_with(&mut down, &mut up, to_up, to_down, None, &*sums).await
-        });
+        let task = start_splice(down, up, DEFAULT_PIPE_SIZE, None, Default::default());
         let got = tokio::time::timeout(WAIT, receive(&mut server, &pattern, 7))
             .await
             .unwrap();
@@ -238,11 +246,7 @@ async fn bytes_queued_with_the_fin_before_the_first_read_all_pass_then_the_half_
         // The server answers on its half, then closes.
         server.write_all(b"done").await.unwrap();
         drop(server);
-        let mut answer = Vec::new();
-        tokio::time::timeout(WAIT, client.read_to_end(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
+        let answer = read_all(&mut client).await;
         assert_eq!(answer, b"done");
         let stats = task.await.unwrap().unwrap();
         assert_eq!((stats.to_upstream, stats.to_downstream), (len as u64, 4));
@@ -254,19 +258,11 @@ async fn a_server_half_close_reaches_the_client_which_can_still_send() {
     let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
     server.write_all(b"banner").await.unwrap();
     server.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(WAIT, client.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_all(&mut client).await;
     assert_eq!(got, b"banner");
     client.write_all(b"still talking").await.unwrap();
     drop(client);
-    let mut heard = Vec::new();
-    tokio::time::timeout(WAIT, server.read_to_end(&mut heard))
-        .await
-        .unwrap()
-        .unwrap();
+    let heard = read_all(&mut server).await;
     assert_eq!(heard, b"still talking");
     let stats = task.await.unwrap().unwrap();
     assert_eq!((stats.to_upstream, stats.to_downstream), (13, 6));
