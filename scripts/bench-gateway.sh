@@ -62,6 +62,9 @@ if ! need haproxy || ! need nginx || ! need openssl || ! need curl || [ ! -e /us
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream openssl curl >/dev/null
 fi
+if [[ -n ${SYSCALLS:-} ]] && ! need strace; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+fi
 if [[ ${BUILD:-1} != 0 ]]; then
     echo "== build (release)" >&2
     (cd "$ROOT" && cargo build --release -q -p isthmus-cli -p isthmus-gateway --bins)
@@ -253,9 +256,13 @@ stop_proxy() {
 # so the load comes from our own small rustls client (gateway/bench-load).
 get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
+tree_pids() {  # a process and its children (nginx's workers)
+    echo "$1" $(pgrep -P "$1" || true)
+}
+
 memory_kb() {  # peak RSS, RssAnon, RssFile of a process and its children (nginx workers), KiB
     local peak=0 anon=0 file=0 pid
-    for pid in "$1" $(pgrep -P "$1" || true); do
+    for pid in $(tree_pids "$1"); do
         read -r p a f < <(awk '/^VmHWM/ {p=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {print p+0, a+0, f+0}' \
             "/proc/$pid/status" 2>/dev/null || echo "0 0 0")
         peak=$((peak + p)); anon=$((anon + a)); file=$((file + f))
@@ -266,7 +273,7 @@ memory_kb() {  # peak RSS, RssAnon, RssFile of a process and its children (nginx
 ctx_switches() {  # voluntary + involuntary context switches of a process's threads and its children's
     local total=0 pid
     [[ -n $1 ]] || { echo 0; return; }
-    for pid in "$1" $(pgrep -P "$1" || true); do
+    for pid in $(tree_pids "$1"); do
         total=$((total + $(cat /proc/"$pid"/task/*/status 2>/dev/null |
             awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }')))
     done
@@ -275,7 +282,7 @@ ctx_switches() {  # voluntary + involuntary context switches of a process's thre
 
 syscalls_per_request() {  # pid mode concurrency -> "<per request>: <top calls>" over a 5 s run under strace
     local pid tracers=() out
-    for pid in "$1" $(pgrep -P "$1" || true); do
+    for pid in $(tree_pids "$1"); do
         strace -c -f -q -p "$pid" -o "$WORK/strace-$pid.txt" &
         tracers+=($!)
     done
@@ -293,7 +300,7 @@ syscalls_per_request() {  # pid mode concurrency -> "<per request>: <top calls>"
 cpu_ticks() {  # user + system clock ticks of a process and its children (nginx workers)
     local total=0 pid
     [[ -n $1 ]] || { echo 0; return; }
-    for pid in "$1" $(pgrep -P "$1" || true); do
+    for pid in $(tree_pids "$1"); do
         total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
     echo "$total"
@@ -314,7 +321,6 @@ bench_target() {  # round name -> one line into $WORK/results
         conns=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
         cpu_conn=$(per_unit_us "$cpu0" "$(get rate "$conns")")
         if [[ -n ${SYSCALLS:-} && -n $PROXY_PID ]]; then
-            need strace || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
             echo "  $name system calls per new connection: $(syscalls_per_request "$PROXY_PID" conns "$CONC")" >&2
         fi
     fi
@@ -337,7 +343,6 @@ bench_target() {  # round name -> one line into $WORK/results
             'BEGIN { printf "%.2f", (r > 0 ? d / (r * s) : 0) }')
         echo "  $name: small-request rate $(get rate "$lat")/s, proxy context switches per request $cs" >&2
         if [[ -n ${SYSCALLS:-} && -n $PROXY_PID ]]; then
-            need strace || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
             echo "  $name system calls per small request: $(syscalls_per_request "$PROXY_PID" latency 8)" >&2
         fi
     fi
@@ -405,6 +410,7 @@ if ((ROUNDS > 1)); then
     for name in "${TARGETS[@]}"; do
         [[ $name == direct ]] && continue
         awk -v t="$name" '
+            function times(x) { return x > 0 ? sprintf("%.2f×", x) : "–" }  # – : figure not run
             function median(v, n,   i, j, x) {
                 for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
                 return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
@@ -417,8 +423,8 @@ if ((ROUNDS > 1)); then
                     rc[i] = hc[r] > 0 ? c[r] / hc[r] : 0; rb[i] = hb[r] > 0 ? b[r] / hb[r] : 0; rp[i] = hp[r] > 0 ? p[r] / hp[r] : 0
                     rcc[i] = hcc[r] > 0 ? xc[r] / hcc[r] : 0; rcr[i] = hcr[r] > 0 ? xr[r] / hcr[r] : 0
                 }
-                printf "| %s | %.0f | %.0f | %.0f | %.2f× | %.2f× | %.2f× | %.2f× | %.2f× |\n", t, median(vc, n), median(vb, n), median(vp, n), \
-                    median(rc, n), median(rb, n), median(rp, n), median(rcc, n), median(rcr, n)
+                printf "| %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s |\n", t, median(vc, n), median(vb, n), median(vp, n), \
+                    times(median(rc, n)), times(median(rb, n)), times(median(rp, n)), times(median(rcc, n)), times(median(rcr, n))
             }' "$WORK/results"
     done
 fi
