@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -282,12 +283,8 @@ async fn forward(
     upgrade: Option<(HeaderValue, OnUpgrade)>,
     upstream: &mut Option<SocketAddr>,
 ) -> (Response<Body>, Flags) {
-    let raw = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let path = match normalize_path(&raw, req.method()) {
+    let raw = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = match normalize_path(raw, req.method()) {
         Ok(p) => p,
         Err(e) => {
             return (
@@ -297,7 +294,7 @@ async fn forward(
         }
     };
     let authority = crate::outbound::http::authority(&req).unwrap_or_default();
-    let host = normalize_host(&authority);
+    let host = normalize_host(authority);
     let decision = cfg.authorizer.check(&RequestAttributes {
         peer_principal: peer.principal.as_deref(),
         source_ip: peer.addr.ip(),
@@ -324,33 +321,45 @@ async fn forward(
             Flags::NO_CLUSTER,
         );
     };
+    // Forward the normalized target so the app sees what authorization saw,
+    // in an absolute URI (the pool writes its authority as `Host` or
+    // `:authority`); the request's own path is reused when normalizing left
+    // it as it was, which is nearly always.
+    let target = path
+        .is_target(raw)
+        .then(|| req.uri().path_and_query().cloned())
+        .flatten()
+        .or_else(|| PathAndQuery::try_from(path.request_target()).ok());
+    let authority = if authority.is_empty() {
+        Some(Authority::from_static("localhost"))
+    } else {
+        authority.parse::<Authority>().ok()
+    };
+    let (Some(authority), Some(target)) = (authority, target) else {
+        return (
+            local(StatusCode::BAD_REQUEST, "bad authority\n"),
+            Flags::INVALID_REQUEST,
+        );
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(target);
+    let Ok(uri) = Uri::from_parts(uri) else {
+        return (
+            local(StatusCode::BAD_REQUEST, "bad authority\n"),
+            Flags::INVALID_REQUEST,
+        );
+    };
     let (mut parts, incoming) = req.into_parts();
+    parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
     // The app learns who called from XFCC, set here only (never trusted from outside).
-    parts.headers.remove("x-forwarded-client-cert");
+    const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+    parts.headers.remove(XFCC);
     if let Some(v) = &peer.xfcc {
-        parts.headers.insert("x-forwarded-client-cert", v.clone());
+        parts.headers.insert(XFCC, v.clone());
     }
-    // Forward the normalized target so the app sees what authorization saw.
-    let target = path.request_target();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(if authority.is_empty() {
-            "localhost"
-        } else {
-            authority.as_str()
-        })
-        .path_and_query(target.as_str())
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => {
-            return (
-                local(StatusCode::BAD_REQUEST, "bad authority\n"),
-                Flags::INVALID_REQUEST,
-            );
-        }
-    };
     let Some(pick) = cluster.balancer.pick(&PickContext {
         hash: None,
         exclude: &[],

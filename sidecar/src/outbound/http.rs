@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
@@ -54,6 +55,14 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Names the outbound path sets, as constants: inserting a header by a
+/// `&str` name that is not a standard one copies the name each time.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_ISTHMUS_RESPONSE_FLAGS: HeaderName = HeaderName::from_static("x-isthmus-response-flags");
+
 /// Removes hop-by-hop headers, including those `Connection` names; keeps
 /// `te: trailers`, which gRPC needs end to end (RFC 9113 §8.2.2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -63,18 +72,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // Names that are removed below anyway (`Connection: keep-alive` from
+    // most servers) cost nothing; only other names are collected.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !n.eq_ignore_ascii_case("close")
+                && !n.eq_ignore_ascii_case(KEEP_ALIVE.as_str())
+                && !n.eq_ignore_ascii_case(PROXY_CONNECTION.as_str())
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named.iter().chain(HOP_BY_HOP) {
         headers.remove(n);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -174,30 +194,36 @@ fn local(status: StatusCode, flags: Flags, msg: &str) -> (Response<Body>, Flags)
 
 /// A version-4 UUID for `x-request-id`.
 fn request_id() -> HeaderValue {
-    let v: u128 = rand::random();
+    HeaderValue::from_bytes(&uuid_v4(rand::random()))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A version-4 UUID from 128 random bits, in its 8-4-4-4-12 hex form,
+/// written on the stack: the header value is the request id's only allocation.
+fn uuid_v4(v: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        v >> 96,
-        (v >> 80) & 0xffff,
-        (v >> 64) & 0xffff,
-        (v >> 48) & 0xffff,
-        v & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut s = [b'-'; 36];
+    let mut bits = v;
+    for i in (0..36).rev() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        s[i] = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    s
 }
 
 /// The authority of a request: `:authority` (HTTP/2, absolute form) or `Host`.
-pub fn authority(req: &Request<Incoming>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+pub fn authority<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    }
 }
 
 /// Handles one outbound request; `default_port` is the port when the
@@ -273,7 +299,7 @@ pub async fn handle(
     if flags != Flags::default()
         && let Ok(v) = HeaderValue::from_str(&flags.to_string())
     {
-        response.headers_mut().insert("x-isthmus-response-flags", v);
+        response.headers_mut().insert(X_ISTHMUS_RESPONSE_FLAGS, v);
     }
     response
 }
@@ -294,10 +320,12 @@ async fn route(
         );
         return (r, f, None);
     };
-    let port = authority
-        .parse::<http::uri::Authority>()
-        .ok()
-        .and_then(|a| a.port_u16())
+    // Parsed once: it gives the port, and it is the upstream URI's authority
+    // unless the route rewrites the host.
+    let parsed = authority.parse::<Authority>().ok();
+    let port = parsed
+        .as_ref()
+        .and_then(Authority::port_u16)
         .unwrap_or(default_port);
     let table = match snapshot.http_ports.get(&port) {
         Some(name) => snapshot.routes.get(name),
@@ -311,16 +339,10 @@ async fn route(
         );
         return (r, f, None);
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
     let info = RequestInfo {
         method: req.method(),
-        authority: &authority,
-        path_and_query: &path_and_query,
+        authority,
+        path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         headers: req.headers(),
     };
     let Some(route) = table.find(&info) else {
@@ -392,7 +414,7 @@ async fn route(
         (ClusterKind::OriginalDst, None) => {
             let lookup = tokio::time::timeout(
                 Duration::from_secs(5),
-                tokio::net::lookup_host((host_of(&authority), port)),
+                tokio::net::lookup_host((host_of(authority), port)),
             )
             .await;
             match lookup {
@@ -414,12 +436,12 @@ async fn route(
     // The upstream request: headers, rewrite, authority carried in the URI.
     let (mut parts, incoming) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", request_id());
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID, request_id());
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     target.request_headers.apply(&mut parts.headers);
     route.request_headers.apply(&mut parts.headers);
     if let Err(e) = forward.rewrite(route, &mut parts) {
@@ -431,29 +453,42 @@ async fn route(
         );
         return (r, f, None);
     }
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or(authority);
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(pq.as_str())
-        .build()
-    {
+    // The upstream URI is absolute: the authority travels in it, and the
+    // pool writes it as `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    let authority = match (&forward.host_rewrite, parsed) {
+        (None, Some(a)) => Some(a),
+        // A rewritten host, or none that parsed: what the request now carries.
+        _ => parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .and_then(|a| a.parse::<Authority>().ok()),
+    };
+    let Some(authority) = authority else {
+        let (r, f) = local(
+            StatusCode::BAD_REQUEST,
+            Flags::INVALID_REQUEST,
+            "invalid authority\n",
+        );
+        return (r, f, None);
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    uri.authority = Some(authority);
+    parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
             let (r, f) = local(
@@ -520,16 +555,13 @@ async fn route(
             }
             if let Some(mc) = snapshot.clusters.get(&m.cluster).cloned() {
                 let mut mparts = clone_parts(&parts);
-                let shadow = if m.shadow_host_suffix {
-                    shadow_authority(&authority)
-                } else {
-                    authority.clone()
-                };
-                if let Ok(u) = Uri::builder()
-                    .scheme("http")
-                    .authority(shadow.as_str())
-                    .path_and_query(pq.as_str())
-                    .build()
+                if m.shadow_host_suffix
+                    && let Some(authority) = parts.uri.authority()
+                    && let Ok(u) = Uri::builder()
+                        .scheme("http")
+                        .authority(shadow_authority(authority.as_str()))
+                        .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                        .build()
                 {
                     mparts.uri = u;
                 }
@@ -754,6 +786,8 @@ async fn forward_attempts(
     pick_ctx: PickContext<'_>,
 ) -> (Response<Body>, Flags, Option<SocketAddr>) {
     let mut parts = Some(parts);
+    // Endpoints of earlier attempts, avoided by the next pick; pushed only
+    // when an attempt is retried, so a request answered at once allocates nothing.
     let mut tried: Vec<SocketAddr> = Vec::new();
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
     let mut last: Option<(Response<Body>, Flags)> = None;
@@ -805,7 +839,6 @@ async fn forward_attempts(
             return (r, f, tried.last().copied());
         };
         let addr = pick.address();
-        tried.push(addr);
         // The last attempt (the only one without retries) takes the head;
         // earlier ones send a copy.
         let head = if attempt + 1 == max_attempts {
@@ -835,6 +868,7 @@ async fn forward_attempts(
                 strip_hop_by_hop(resp.headers_mut());
                 if more && retry.is_some_and(|r| r.retry_status(status, grpc)) {
                     last = Some((resp, Flags::RETRY_LIMIT));
+                    tried.push(addr);
                     continue;
                 }
                 let flags = if attempt > 0 && retry.is_some_and(|r| r.retry_status(status, grpc)) {
@@ -884,6 +918,7 @@ async fn forward_attempts(
                 });
                 last = Some((r, f));
                 if more && retriable {
+                    tried.push(addr);
                     continue;
                 }
                 let (r, mut f) = last
@@ -903,6 +938,7 @@ async fn forward_attempts(
                 );
                 last = Some((r, f));
                 if more && retry.is_some_and(|r| r.retry_reset()) {
+                    tried.push(addr);
                     continue;
                 }
                 let (r, f) = last.take().unwrap_or_else(|| {
@@ -921,4 +957,66 @@ async fn forward_attempts(
     });
     f.insert(Flags::RETRY_LIMIT);
     (r, f, tried.last().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids_of_the_random_bits() {
+        for v in [
+            0u128,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            1 << 100,
+        ] {
+            let id = uuid_v4(v);
+            let id = std::str::from_utf8(&id).expect("ascii");
+            let w = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+            let expected = format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                w >> 96,
+                (w >> 80) & 0xffff,
+                (w >> 64) & 0xffff,
+                (w >> 48) & 0xffff,
+                w & 0xffff_ffff_ffff
+            );
+            assert_eq!(id, expected);
+            assert_eq!(&id[14..15], "4", "version nibble of {id}");
+            assert!(
+                matches!(&id[19..20], "8" | "9" | "a" | "b"),
+                "variant of {id}"
+            );
+        }
+        assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Custom , close"),
+            ("connection", "upgrade"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "2"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["te: trailers", "x-kept: 2"]);
+    }
 }

@@ -571,21 +571,21 @@ impl Drop for PooledBody {
 /// Sets the version and URI form for the upstream protocol: HTTP/2 takes an
 /// absolute URI (`:scheme`, `:authority`), HTTP/1.1 the origin form plus `Host`.
 fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, UpstreamError> {
-    let authority: Authority = match req.uri().authority() {
-        Some(a) => a.clone(),
-        None => req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse().ok())
-            .ok_or_else(|| UpstreamError::Invalid("request has no authority or Host".into()))?,
-    };
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if http2 {
+        let authority: Authority = match req.uri().authority() {
+            Some(a) => a.clone(),
+            None => req
+                .headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| UpstreamError::Invalid("request has no authority or Host".into()))?,
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(HOST);
         *req.uri_mut() = Uri::builder()
@@ -596,10 +596,105 @@ fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, Upstrea
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
     } else {
         *req.version_mut() = Version::HTTP_11;
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-        req.headers_mut().insert(HOST, host);
-        *req.uri_mut() = Uri::from(path);
+        match req.uri().authority() {
+            Some(authority) => {
+                // `Host` is written only when it differs: usually it is the
+                // header the authority was read from.
+                let same = req
+                    .headers()
+                    .get(HOST)
+                    .is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes());
+                if !same {
+                    let host = HeaderValue::from_str(authority.as_str())
+                        .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+                    req.headers_mut().insert(HOST, host);
+                }
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(path);
+            }
+            None if req.headers().contains_key(HOST) => {}
+            None => {
+                return Err(UpstreamError::Invalid(
+                    "request has no authority or Host".into(),
+                ));
+            }
+        }
     }
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, host: Option<&str>) -> Request<Body> {
+        let mut req = Request::builder().uri(uri);
+        if let Some(h) = host {
+            req = req.header(HOST, h);
+        }
+        req.body(crate::body::empty()).expect("request")
+    }
+
+    fn host(req: &Request<Body>) -> Option<&str> {
+        req.headers().get(HOST).and_then(|h| h.to_str().ok())
+    }
+
+    #[test]
+    fn http1_takes_the_origin_form_and_the_authority_as_host() {
+        // Host already the authority: left as it is.
+        let r = prepare(
+            request("http://svc.ns:8080/p?q", Some("svc.ns:8080")),
+            false,
+        )
+        .expect("ok");
+        assert_eq!(
+            (r.uri().to_string().as_str(), host(&r)),
+            ("/p?q", Some("svc.ns:8080"))
+        );
+        assert_eq!(r.version(), Version::HTTP_11);
+        // A rewritten authority replaces Host; a missing Host is added.
+        let r = prepare(request("http://new.ns/p", Some("old.ns")), false).expect("ok");
+        assert_eq!(
+            (r.uri().to_string().as_str(), host(&r)),
+            ("/p", Some("new.ns"))
+        );
+        let r = prepare(request("http://new.ns", None), false).expect("ok");
+        assert_eq!(
+            (r.uri().to_string().as_str(), host(&r)),
+            ("/", Some("new.ns"))
+        );
+        // Origin form keeps its Host; without either there is no authority.
+        let r = prepare(request("/p", Some("svc.ns")), false).expect("ok");
+        assert_eq!(
+            (r.uri().to_string().as_str(), host(&r)),
+            ("/p", Some("svc.ns"))
+        );
+        assert!(matches!(
+            prepare(request("/p", None), false),
+            Err(UpstreamError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn http2_takes_the_absolute_form_without_host() {
+        let r = prepare(request("/p?q", Some("svc.ns:8080")), true).expect("ok");
+        assert_eq!(
+            (r.uri().to_string().as_str(), host(&r)),
+            ("http://svc.ns:8080/p?q", None)
+        );
+        assert_eq!(r.version(), Version::HTTP_2);
+        let r = prepare(request("http://a.ns/p", Some("b.ns")), true).expect("ok");
+        assert_eq!(
+            (r.uri().to_string().as_str(), host(&r)),
+            ("http://a.ns/p", None)
+        );
+        assert!(matches!(
+            prepare(request("/p", None), true),
+            Err(UpstreamError::Invalid(_))
+        ));
+    }
 }

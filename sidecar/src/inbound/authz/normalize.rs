@@ -50,6 +50,19 @@ impl NormalizedPath {
         self.query.as_deref()
     }
 
+    /// Whether [`request_target`](Self::request_target) is `raw` as it
+    /// came: normalizing changed nothing, so the request's own target can be
+    /// forwarded. Compares without building the target.
+    pub fn is_target(&self, raw: &str) -> bool {
+        match &self.query {
+            None => raw == self.path,
+            Some(q) => raw
+                .strip_prefix(self.path.as_str())
+                .and_then(|rest| rest.strip_prefix('?'))
+                .is_some_and(|rest| rest == q),
+        }
+    }
+
     /// `path?query`: the request target to forward upstream.
     pub fn request_target(&self) -> String {
         match &self.query {
@@ -118,11 +131,35 @@ pub fn normalize_path(raw: &str, method: &Method) -> Result<NormalizedPath, Path
     if !path.starts_with('/') {
         return Err(PathError::NotOriginForm);
     }
+    if is_normal(path) {
+        // Nothing to decode, merge or resolve: the path is its own normal form.
+        return Ok(NormalizedPath {
+            path: path.to_owned(),
+            query,
+        });
+    }
     let decoded = decode(path)?;
     Ok(NormalizedPath {
         path: resolve_segments(&decoded),
         query,
     })
+}
+
+/// Whether steps 4 and 5 would leave `path` (which starts with `/`) as it
+/// is: no escape or backslash to decode, no empty segment but a trailing
+/// one, no `.` or `..` segment.
+fn is_normal(path: &str) -> bool {
+    if path.bytes().any(|b| b == b'%' || b == b'\\') {
+        return false;
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Step 4: decodes unreserved escapes and turns every separator spelling into `/`.
@@ -245,5 +282,62 @@ pub fn normalize_host(raw: &str) -> NormalizedHost {
     NormalizedHost {
         name: host.trim_end_matches('.').to_ascii_lowercase(),
         port: port.and_then(|p| p.parse().ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shortcut for paths already normal gives what the full steps 4
+    /// and 5 give, over every path of up to four segments drawn from the
+    /// spellings that matter (escapes, backslashes, dots, empty segments).
+    #[test]
+    fn the_shortcut_for_normal_paths_agrees_with_decoding_and_resolving() {
+        const PIECES: [&str; 12] = [
+            "a", "b.c", "", ".", "..", "%2F", "%2f", "%5C", "%61", "%41%42", "\\", ".a",
+        ];
+        let mut paths = vec![String::from("/")];
+        let mut frontier = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for piece in PIECES {
+                    let q = format!("{p}/{piece}");
+                    paths.push(q.clone());
+                    next.push(q);
+                }
+            }
+            frontier = next;
+        }
+        let mut shortcut = 0;
+        for path in &paths {
+            let full = decode(path).map(|d| resolve_segments(&d));
+            if is_normal(path) {
+                shortcut += 1;
+                assert_eq!(full.as_deref(), Ok(path.as_str()), "{path:?}");
+            }
+            let got = normalize_path(path, &Method::GET).map(|n| n.path().to_owned());
+            assert_eq!(got, full, "{path:?}");
+        }
+        assert!(shortcut > 100, "the shortcut was taken {shortcut} times");
+    }
+
+    #[test]
+    fn a_target_is_recognized_when_normalizing_left_it_unchanged() {
+        for (raw, same) in [
+            ("/a/b", true),
+            ("/a/b?x=1&y", true),
+            ("/a/b?", true),
+            ("/a/./b", false),
+            ("/a//b?x", false),
+            ("/a/b#frag", false),
+            ("/a/b?x#frag", false),
+            ("/%61", false),
+        ] {
+            let n = normalize_path(raw, &Method::GET).expect(raw);
+            assert_eq!(n.is_target(raw), same, "{raw:?}");
+            assert_eq!(n.is_target(raw), n.request_target() == raw, "{raw:?}");
+        }
     }
 }
