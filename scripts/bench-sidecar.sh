@@ -24,6 +24,7 @@
 #                   mTLS hop instead of the default, the app's HTTP/1.1)
 #   PROFILE=1 (perf record both sidecars during the mesh max-throughput run,
 #              into perf-client.data / perf-server.data next to the results)
+#   KEEP_LOGS=dir (copy the processes' logs there at the end)
 #   SIDECAR_BIN=path, LOADGEN_BIN=path (other builds, e.g. a baseline's, with BUILD=0)
 #   BASELINE_BIN=path (A/B in one run: a second sidecar pair of that build, the
 #                      path "mesh-base", measured in the same alternating rounds;
@@ -89,6 +90,9 @@ cleanup() {
     [[ -f $conf ]] && nginx -c "$conf" -s stop 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  if [[ -n ${KEEP_LOGS:-} ]]; then
+    mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -275,6 +279,13 @@ cpu_of() { # pids... → clock ticks (user + system)
   done
   echo "$t"
 }
+sys_of() { # pids... → clock ticks in the kernel alone
+  local t=0
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
 per_krps() { # clock ticks over the fixed run → vCPU per 1,000 rps
   awk -v d="$1" -v t="$ticks" -v s="$fixed_secs" -v r="$rate" \
     'BEGIN { printf "%.3f", d / t / (s + 1) / (r / 1000) }'
@@ -299,20 +310,25 @@ url[mesh-base]="http://$net.22:15001/"; hdr[mesh-base]="base.$host:8080"
 proc[mesh-base]="${client_base_pid:-} ${server_base_pid:-}"
 url[nginx]="http://$front/";  hdr[nginx]="$front";      proc[nginx]="$(nginx_pids front) $(nginx_pids back)"
 
-declare -A fixed max cpu rss
+declare -A fixed max cpu sys_cpu rss
 for path in $paths; do
   echo "== $path: fixed $rate rps, $conns connections, ${fixed_secs}s"
   # shellcheck disable=SC2086
   before=$(cpu_of ${proc[$path]})
+  # shellcheck disable=SC2086
+  sys_before=$(sys_of ${proc[$path]})
   client_before=$(cpu_of "$client_pid")
   server_before=$(cpu_of "$server_pid")
   fixed[$path]=$("$loadgen" "${url[$path]}" --host "${hdr[$path]}" --rate "$rate" \
     --connections "$conns" --seconds "$fixed_secs")
   # shellcheck disable=SC2086
   after=$(cpu_of ${proc[$path]})
+  # shellcheck disable=SC2086
+  sys_after=$(sys_of ${proc[$path]})
   echo "${fixed[$path]}"
   # vCPU per 1,000 rps for the whole proxy path (both proxies).
   cpu[$path]=$(per_krps $((after - before)))
+  sys_cpu[$path]=$(per_krps $((sys_after - sys_before)))
   if [[ $path == mesh-base ]]; then
     cpu_base=$(per_krps $((after - before)))
   fi
@@ -432,6 +448,11 @@ wrk_pct() { echo "$1" | awk -v p="$2" '$1 == p {print $2}'; }
     echo "System calls of the $path proxies: ${syscalls[$path]}."
   done
   echo "Mesh path CPU per 1,000 rps: client sidecar $cpu_client vCPU, server sidecar $cpu_server vCPU."
+  echo -n "Of the proxy CPU at the fixed rate, in the kernel (vCPU per 1k rps):"
+  for path in $paths; do
+    [[ $path == direct ]] || echo -n " $path ${sys_cpu[$path]} of ${cpu[$path]};"
+  done
+  echo
   echo "Sidecar memory after the runs ($clusters outbound clusters from $services services and the benchmark's):" \
     "client $client_mem; server $server_mem."
   echo "Resident MiB by mapping: client $client_maps; server $server_maps."
