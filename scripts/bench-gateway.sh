@@ -12,7 +12,7 @@
 #   bulk MB/s              4 keep-alive connections downloading 32 MiB objects
 #   p50/p99 latency        8 keep-alive connections, 64-byte responses
 #   RSS                    peak VmHWM of the proxy's processes over its turn
-# Every proxy gets 2 worker threads/processes and is started fresh for its
+# Every proxy gets 2 worker threads/processes (one with PIN=1) and is started fresh for its
 # turn (so each peak RSS covers the same load). Rounds alternate the order
 # of the targets; each round prints its table and its ratios to HAProxy.
 #
@@ -31,6 +31,11 @@
 #             with `strace -c -f` attached: system calls per new connection
 #             and per small request (ptrace slows the path, so only the
 #             counts per request mean anything)
+#   PIN=1     the proxy under test on CPU 1 with one thread (HAProxy
+#             nbthread 1, nginx one worker, the gateway --threads 1), the
+#             load generator and the backend on CPU 0: the proxy's own cost
+#             without the scheduler mixing it with the load's (a steadier
+#             p99; handshakes and bulk are then bound by CPU 0)
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -38,6 +43,10 @@ CONC=${CONC:-32}
 FIGURES=${FIGURES:-conns bulk latency}
 ROUNDS=${ROUNDS:-2}
 GATEWAYS=${GATEWAYS:-"isthmus-multi-copy=multi --zero-copy off;isthmus-copy=thin --zero-copy off;isthmus-splice=thin --zero-copy on"}
+PIN_LOAD=() PIN_PROXY=() PROXY_THREADS=2
+if [[ -n ${PIN:-} ]]; then
+    PIN_LOAD=(taskset -c 0) PIN_PROXY=(taskset -c 1) PROXY_THREADS=1
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${ISTHMUS_BIN:-$TARGET/release/isthmus}
@@ -117,7 +126,7 @@ http {
     }
 }
 EOF
-nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
+"${PIN_LOAD[@]}" nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 # --- isthmus: control plane (directory config) + gateway ---------------------
@@ -152,7 +161,7 @@ wait_port $CP
 # --- HAProxy: req.ssl_sni ----------------------------------------------------
 cat > "$WORK/haproxy.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $PROXY_THREADS
     maxconn 8000
 defaults
     mode tcp
@@ -171,7 +180,7 @@ EOF
 # --- nginx stream + ssl_preread ---------------------------------------------
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 2;
+worker_processes $PROXY_THREADS;
 pid $WORK/nginx-proxy/nginx.pid;
 error_log $WORK/nginx-proxy/error.log;
 events { worker_connections 16384; }
@@ -209,10 +218,10 @@ start_proxy() {  # name: sets PROXY_PID and PROXY_PORT
     case $name in
         direct) PROXY_PID=; PROXY_PORT=$BACKEND; return ;;
         haproxy)
-            haproxy -db -f "$WORK/haproxy.cfg" 2>>"$WORK/haproxy.log" &
+            "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy.cfg" 2>>"$WORK/haproxy.log" &
             PROXY_PID=$!; PROXY_PORT=$HAPROXY ;;
         nginx)
-            nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" -g 'daemon off;' &
+            "${PIN_PROXY[@]}" nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" -g 'daemon off;' &
             PROXY_PID=$!; PROXY_PORT=$NGINX ;;
         *)
             local cmd
@@ -221,11 +230,11 @@ start_proxy() {  # name: sets PROXY_PID and PROXY_PORT
                 thin) cmd=("$GATEWAY_BIN") ;;
                 *) cmd=("${GW_KIND[$name]}") ;;
             esac
-            # Two worker threads, as HAProxy's nbthread 2, unless the variant says otherwise.
-            local threads=(--threads 2)
+            # As many worker threads as HAProxy's nbthread, unless the variant says otherwise.
+            local threads=(--threads "$PROXY_THREADS")
             [[ ${GW_FLAGS[$name]} == *--threads* ]] && threads=()
             # shellcheck disable=SC2086 # the flags are words
-            ISTHMUS_LOG=warn "${cmd[@]}" --cluster bench --control-plane 127.0.0.1:$CP \
+            ISTHMUS_LOG=warn "${PIN_PROXY[@]}" "${cmd[@]}" --cluster bench --control-plane 127.0.0.1:$CP \
                 --listen 127.0.0.1:$ISTHMUS --admin 127.0.0.1:$ADMIN "${threads[@]}" \
                 ${GW_FLAGS[$name]} 2>>"$WORK/gateway-$name.log" &
             PROXY_PID=$!; PROXY_PORT=$ISTHMUS ;;
@@ -287,7 +296,7 @@ syscalls_per_request() {  # pid mode concurrency -> "<per request>: <top calls>"
         tracers+=($!)
     done
     sleep 1
-    out=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" "$2" 5 "$3")
+    out=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" "$2" 5 "$3")
     kill -INT "${tracers[@]}"
     wait "${tracers[@]}" 2>/dev/null || true
     cat "$WORK"/strace-*.txt | awk -v n="$(awk -v r="$(get rate "$out")" 'BEGIN { printf "%d", r * 5 }')" '
@@ -314,11 +323,11 @@ per_unit_us() {  # cpu ticks before, rate per second -> proxy CPU µs per unit o
 bench_target() {  # round name -> one line into $WORK/results
     local round=$1 name=$2 conns bulk lat mem cpu0 cpu t0 t1
     start_proxy "$name"
-    "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency 1 4 >/dev/null  # warm up
+    "${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency 1 4 >/dev/null  # warm up
     conns="rate=0" bulk="mbps=0" lat="p50_us=0 p99_us=0" cpu=0 cpu_conn=0 cpu_req=0
     if [[ " $FIGURES " == *" conns "* ]]; then
         cpu0=$(cpu_ticks "$PROXY_PID")
-        conns=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
+        conns=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
         cpu_conn=$(per_unit_us "$cpu0" "$(get rate "$conns")")
         if [[ -n ${SYSCALLS:-} && -n $PROXY_PID ]]; then
             echo "  $name system calls per new connection: $(syscalls_per_request "$PROXY_PID" conns "$CONC")" >&2
@@ -326,7 +335,7 @@ bench_target() {  # round name -> one line into $WORK/results
     fi
     if [[ " $FIGURES " == *" bulk "* ]]; then
         cpu0=$(cpu_ticks "$PROXY_PID") t0=$(date +%s.%N)
-        bulk=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" bulk "$DURATION" 4)
+        bulk=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" bulk "$DURATION" 4)
         t1=$(date +%s.%N)
         # CPU the proxy spent per GB of bulk (ms): what it takes from the
         # others on a shared machine, steadier than MB/s there.
@@ -337,7 +346,7 @@ bench_target() {  # round name -> one line into $WORK/results
     if [[ " $FIGURES " == *" latency "* ]]; then
         local cs0 cs
         cs0=$(ctx_switches "$PROXY_PID") cpu0=$(cpu_ticks "$PROXY_PID")
-        lat=$("$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency "$DURATION" 8)
+        lat=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency "$DURATION" 8)
         cpu_req=$(per_unit_us "$cpu0" "$(get rate "$lat")")
         cs=$(awk -v d="$(( $(ctx_switches "$PROXY_PID") - cs0 ))" -v r="$(get rate "$lat")" -v s="$DURATION" \
             'BEGIN { printf "%.2f", (r > 0 ? d / (r * s) : 0) }')
