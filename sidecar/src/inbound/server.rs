@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -321,10 +321,9 @@ async fn forward(
             Flags::NO_CLUSTER,
         );
     };
-    // Forward the normalized target so the app sees what authorization saw,
-    // in an absolute URI (the pool writes its authority as `Host` or
-    // `:authority`); the request's own path is reused when normalizing left
-    // it as it was, which is nearly always.
+    // Forward the normalized target so the app sees what authorization saw;
+    // the request's own path is reused when normalizing left it as it was,
+    // which is nearly always.
     let target = path
         .is_target(raw)
         .then(|| req.uri().path_and_query().cloned())
@@ -335,17 +334,13 @@ async fn forward(
     } else {
         authority.parse::<Authority>().ok()
     };
-    let (Some(authority), Some(target)) = (authority, target) else {
-        return (
-            local(StatusCode::BAD_REQUEST, "bad authority\n"),
-            Flags::INVALID_REQUEST,
-        );
+    let uri = match (authority, target) {
+        (Some(authority), Some(target)) => {
+            crate::outbound::http::absolute_uri(authority, Some(target))
+        }
+        _ => None,
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(target);
-    let Ok(uri) = Uri::from_parts(uri) else {
+    let Some(uri) = uri else {
         return (
             local(StatusCode::BAD_REQUEST, "bad authority\n"),
             Flags::INVALID_REQUEST,

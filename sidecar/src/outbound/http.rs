@@ -217,13 +217,25 @@ fn uuid_v4(v: u128) -> [u8; 36] {
 
 /// The authority of a request: `:authority` (HTTP/2, absolute form) or `Host`.
 pub fn authority<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().authority() {
+    authority_in(req.uri(), req.headers())
+}
+
+fn authority_in<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
         Some(a) => Some(a.as_str()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok()),
+        None => headers.get(header::HOST).and_then(|h| h.to_str().ok()),
     }
+}
+
+/// `http://<authority><path>`, the form upstream requests take: the pool
+/// writes the authority as `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+/// Neither part is copied.
+pub(crate) fn absolute_uri(authority: Authority, path: Option<PathAndQuery>) -> Option<Uri> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(uri).ok()
 }
 
 /// Handles one outbound request; `default_port` is the port when the
@@ -453,24 +465,14 @@ async fn route(
         );
         return (r, f, None);
     }
-    // The upstream URI is absolute: the authority travels in it, and the
-    // pool writes it as `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    // The authority parsed above, unless the route rewrote the host (or
+    // none parsed): then what the request now carries.
     let authority = match (&forward.host_rewrite, parsed) {
         (None, Some(a)) => Some(a),
-        // A rewritten host, or none that parsed: what the request now carries.
-        _ => parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .and_then(|a| a.parse::<Authority>().ok()),
+        _ => authority_in(&parts.uri, &parts.headers).and_then(|a| a.parse::<Authority>().ok()),
     };
-    let Some(authority) = authority else {
+    let Some(uri) = authority.and_then(|a| absolute_uri(a, parts.uri.path_and_query().cloned()))
+    else {
         let (r, f) = local(
             StatusCode::BAD_REQUEST,
             Flags::INVALID_REQUEST,
@@ -478,27 +480,7 @@ async fn route(
         );
         return (r, f, None);
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    uri.authority = Some(authority);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => {
-            let (r, f) = local(
-                StatusCode::BAD_REQUEST,
-                Flags::INVALID_REQUEST,
-                "invalid authority\n",
-            );
-            return (r, f, None);
-        }
-    };
+    parts.uri = uri;
 
     // An upgrade: one attempt on a connection of its own, then a tunnel.
     if let Some((token, downstream)) = upgrade {

@@ -571,6 +571,11 @@ impl Drop for PooledBody {
 /// Sets the version and URI form for the upstream protocol: HTTP/2 takes an
 /// absolute URI (`:scheme`, `:authority`), HTTP/1.1 the origin form plus `Host`.
 fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, UpstreamError> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if http2 {
         let authority: Authority = match req.uri().authority() {
             Some(a) => a.clone(),
@@ -581,11 +586,6 @@ fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, Upstrea
                 .and_then(|h| h.parse().ok())
                 .ok_or_else(|| UpstreamError::Invalid("request has no authority or Host".into()))?,
         };
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(HOST);
         *req.uri_mut() = Uri::builder()
@@ -609,11 +609,6 @@ fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, Upstrea
                         .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
                     req.headers_mut().insert(HOST, host);
                 }
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
                 *req.uri_mut() = Uri::from(path);
             }
             None if req.headers().contains_key(HOST) => {}
