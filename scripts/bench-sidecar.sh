@@ -62,7 +62,7 @@ grep -m1 'model name' /proc/cpuinfo | sed 's/^model name\s*:\s*/cpu: /'
 grep -m1 MemTotal /proc/meminfo | sed 's/^MemTotal:\s*/memory: /'
 echo "kernel: $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "nginx: $(nginx -v 2>&1 | sed 's/.*\///'); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
-dirty=$(git status --porcelain -- sidecar proxy-core identity 2>/dev/null | head -1)
+dirty=$(git status --porcelain -- sidecar proxy-core identity 2>/dev/null | head -1 || true)
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${dirty:+ (with uncommitted changes)}"
 
 if [[ ${BUILD:-1} != 0 ]]; then
