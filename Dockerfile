@@ -12,7 +12,7 @@
 #
 # PGO=1 builds the two proxies profile-guided (scripts/pgo-build.sh: trained
 # on the benchmarks' loopback loads, which it installs nginx, wrk and haproxy
-# for; about 25 minutes more on two cores): 8 % more requests/s and 1.2 MiB
+# for; about 25 minutes more on two cores): 6–8 % more requests/s and 0.7–1.3 MiB
 # less resident memory per sidecar on this project's benchmark
 # (docs/benchmarks/sidecar.md, "Profile-guided build").
 #
