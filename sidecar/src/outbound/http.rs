@@ -538,12 +538,7 @@ async fn route(
             if let Some(mc) = snapshot.clusters.get(&m.cluster).cloned() {
                 let mut mparts = clone_parts(&parts);
                 if m.shadow_host_suffix
-                    && let Some(authority) = parts.uri.authority()
-                    && let Ok(u) = Uri::builder()
-                        .scheme("http")
-                        .authority(shadow_authority(authority.as_str()))
-                        .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
-                        .build()
+                    && let Some(u) = shadow_uri(&parts.uri)
                 {
                     mparts.uri = u;
                 }
@@ -642,6 +637,12 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
         let (p, ()) = Request::new(()).into_parts();
         p
     })
+}
+
+/// The upstream URI of a mirrored copy with Envoy's shadow host.
+fn shadow_uri(uri: &Uri) -> Option<Uri> {
+    let shadow = shadow_authority(uri.authority()?.as_str()).parse().ok()?;
+    absolute_uri(shadow, uri.path_and_query().cloned())
 }
 
 /// Envoy's shadow host: `-shadow` appended to the host (before the port).
@@ -972,6 +973,20 @@ mod tests {
             );
         }
         assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn mirrored_copies_go_to_the_shadow_host_with_the_same_path() {
+        let shadow = |u: &str| shadow_uri(&u.parse().unwrap()).map(|u| u.to_string());
+        assert_eq!(
+            shadow("http://helloworld.sample:5000/a/b?c=d").as_deref(),
+            Some("http://helloworld.sample-shadow:5000/a/b?c=d")
+        );
+        assert_eq!(
+            shadow("http://helloworld/").as_deref(),
+            Some("http://helloworld-shadow/")
+        );
+        assert_eq!(shadow("/no/authority"), None);
     }
 
     #[test]
