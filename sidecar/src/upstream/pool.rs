@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -588,12 +588,8 @@ fn prepare(mut req: Request<Body>, http2: bool) -> Result<Request<Body>, Upstrea
         };
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(HOST);
-        *req.uri_mut() = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        *req.uri_mut() = crate::outbound::http::absolute_uri(authority, Some(path))
+            .ok_or_else(|| UpstreamError::Invalid("invalid upstream URI".into()))?;
     } else {
         *req.version_mut() = Version::HTTP_11;
         match req.uri().authority() {
