@@ -155,15 +155,15 @@ mod pipe {
         /// fails with `ENOTCONN` on a peer already gone.
         pub(super) fn pair(size: usize) -> (Self, Self) {
             let one_finished = Arc::new(AtomicBool::new(false));
-            let mut up = Self::new(size);
-            let mut down = Self::new(size);
-            up.one_finished = one_finished.clone();
-            down.one_finished = one_finished;
-            (up, down)
+            (
+                Self::new(size, one_finished.clone()),
+                Self::new(size, one_finished),
+            )
         }
 
-        /// A pump whose pipe (when bulk comes) holds `size` bytes.
-        pub(super) fn new(size: usize) -> Self {
+        /// A pump whose pipe (when bulk comes) holds `size` bytes;
+        /// `one_finished` is shared with the other direction's.
+        pub(super) fn new(size: usize, one_finished: Arc<AtomicBool>) -> Self {
             Self {
                 size,
                 pipe: None,
@@ -176,7 +176,7 @@ mod pipe {
                 done: false,
                 written: 0,
                 spliced: 0,
-                one_finished: Arc::new(AtomicBool::new(false)),
+                one_finished,
             }
         }
 

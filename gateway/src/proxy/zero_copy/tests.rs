@@ -402,7 +402,7 @@ async fn through(
 async fn small_messages_are_copied_without_a_pipe_and_bulk_goes_through_one() {
     let (mut client, mut down) = tcp_pair().await;
     let (mut up, mut server) = tcp_pair().await;
-    let mut pump = PipePump::new(DEFAULT_PIPE_SIZE);
+    let mut pump = PipePump::new(DEFAULT_PIPE_SIZE, Default::default());
     let pattern = Pattern::new();
     macro_rules! ends {
         () => {
