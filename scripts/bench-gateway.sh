@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # East-west gateway benchmark: the Isthmus gateway vs HAProxy (`req.ssl_sni`)
 # vs nginx (`stream` + `ssl_preread`), all SNI passthrough to the same TLS
-# backend (nginx https), under the same load, one after the other.
+# backend, under the same load, one after the other.
+#
+# The backend is two nginx https servers of one worker each, on
+# 127.0.0.1 and 127.0.0.2, and every proxy balances round robin across
+# them. One nginx with two workers let its accept decide the bulk figure:
+# when all four bulk connections landed in one worker (nginx's accept
+# wakes one worker, which takes a burst), that worker's core bound the
+# rate, 0.8-1.1 GB/s against 1.4-1.5 with two and two, whichever proxy
+# was in between (docs/benchmarks/gateway.md, run B1).
 #
 #   scripts/bench-gateway.sh                     # builds, 2 rounds, DURATION=10 CONC=32
 #   LTO=1 ROUNDS=3 DURATION=8 scripts/bench-gateway.sh
@@ -21,7 +29,7 @@
 #   GATEWAYS  the gateway variants, `;`-separated `name=binary flags`, binary
 #             `multi` (isthmus gateway), `thin` (isthmus-gateway) or a path to
 #             an isthmus-gateway binary; default:
-#             "isthmus-multi-copy=multi --zero-copy off;isthmus-copy=thin --zero-copy off;isthmus-splice=thin --zero-copy on"
+#             "isthmus=thin;isthmus-splice=thin --zero-copy on"
 #   LTO=1     isthmus-gateway from the `dist` profile (fat LTO, one codegen
 #             unit; a smaller binary maps less memory; ~10 min to build)
 #   BUILD=0   use the binaries as they are (ISTHMUS_BIN, GATEWAY_BIN)
@@ -42,7 +50,7 @@ DURATION=${DURATION:-10}
 CONC=${CONC:-32}
 FIGURES=${FIGURES:-conns bulk latency}
 ROUNDS=${ROUNDS:-2}
-GATEWAYS=${GATEWAYS:-"isthmus-multi-copy=multi --zero-copy off;isthmus-copy=thin --zero-copy off;isthmus-splice=thin --zero-copy on"}
+GATEWAYS=${GATEWAYS:-"isthmus=thin;isthmus-splice=thin --zero-copy on"}
 PIN_LOAD=() PIN_PROXY=() PROXY_THREADS=2
 if [[ -n ${PIN:-} ]]; then
     PIN_LOAD=(taskset -c 0) PIN_PROXY=(taskset -c 1) PROXY_THREADS=1
@@ -56,7 +64,7 @@ GATEWAY_BIN=${GATEWAY_BIN:-$TARGET/$PROFILE_DIR/isthmus-gateway}
 LOAD=${TLS_LOAD_BIN:-$TARGET/bench-load/release/isthmus-tls-load}
 WORK=$(mktemp -d /tmp/bench-gateway.XXXXXX)
 SNI=outbound_.19443_._.bench.sample.svc.cluster.local
-BACKEND=19443 CP=25010 CP_DEBUG=25014 ISTHMUS=25443 ADMIN=25000 HAPROXY=26443 NGINX=27443
+BACKEND=19443 BACKEND_HOSTS=(127.0.0.1 127.0.0.2) BACKEND_PIDS=() CP=25010 CP_DEBUG=25014 ISTHMUS=25443 ADMIN=25000 HAPROXY=26443 NGINX=27443
 PIDS=()
 
 cleanup() {
@@ -91,32 +99,34 @@ echo "isthmus: $BIN ($(du -h "$BIN" | cut -f1)); isthmus-gateway: $GATEWAY_BIN (
 echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); nproc: $(nproc); kernel: $(uname -r)"
 echo "DURATION=$DURATION CONC=$CONC ROUNDS=$ROUNDS GATEWAYS=\"$GATEWAYS\"${LTO:+ LTO=1}"
 
-wait_port() {
+wait_port() {  # port [host]
     for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        (exec 3<>/dev/tcp/"${2:-127.0.0.1}"/"$1") 2>/dev/null && return 0
         sleep 0.1
     done
     echo "port $1 never opened" >&2; exit 1
 }
 
-# --- backend: nginx https, ECDSA P-256, TLS 1.3 -----------------------------
+# --- backend: two nginx https, one worker each, ECDSA P-256, TLS 1.3 ---------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=bench" -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-mkdir -p "$WORK/www" "$WORK/backend" "$WORK/nginx-proxy"
+mkdir -p "$WORK/www" "$WORK/nginx-proxy"
 chmod 755 "$WORK"  # nginx workers run as www-data
 head -c 64 /dev/zero | tr '\0' x > "$WORK/www/small"
 head -c $((32 << 20)) /dev/urandom > "$WORK/www/bulk"
-cat > "$WORK/backend/nginx.conf" <<EOF
-worker_processes 2;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
+for host in "${BACKEND_HOSTS[@]}"; do
+    mkdir -p "$WORK/backend-$host"
+    cat > "$WORK/backend-$host/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/backend-$host/nginx.pid;
+error_log $WORK/backend-$host/error.log;
 events { worker_connections 4096; }
 http {
     access_log off;
     sendfile on;
     keepalive_requests 1000000;
     server {
-        listen 127.0.0.1:$BACKEND ssl;
+        listen $host:$BACKEND ssl;
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
         ssl_protocols TLSv1.3;
@@ -126,8 +136,11 @@ http {
     }
 }
 EOF
-"${PIN_LOAD[@]}" nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+    "${PIN_LOAD[@]}" nginx -p "$WORK/backend-$host" -c "$WORK/backend-$host/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!) BACKEND_PIDS+=($!)
+done
+# The backend direct: the load's clients split across both, as round robin splits them.
+DIRECT=$(IFS=,; echo "${BACKEND_HOSTS[*]/%/:$BACKEND}")
 
 # --- isthmus: control plane (directory config) + gateway ---------------------
 mkdir -p "$WORK/config"
@@ -144,8 +157,20 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
+metadata: {name: bench-a, namespace: sample}
+spec: {address: ${BACKEND_HOSTS[0]}, labels: {app: bench}, serviceAccount: bench}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: bench-b, namespace: sample}
+spec: {address: ${BACKEND_HOSTS[1]}, labels: {app: bench}, serviceAccount: bench}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
 metadata: {name: bench, namespace: sample}
-spec: {address: 127.0.0.1, labels: {app: bench}, serviceAccount: bench}
+spec:
+  host: bench.sample.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
 ---
 apiVersion: multicluster.x-k8s.io/v1alpha1
 kind: ServiceExport
@@ -174,7 +199,9 @@ frontend eastwest
     tcp-request content accept if { req_ssl_hello_type 1 }
     use_backend bench if { req.ssl_sni -i $SNI }
 backend bench
-    server s1 127.0.0.1:$BACKEND
+    balance roundrobin
+    server a ${BACKEND_HOSTS[0]}:$BACKEND
+    server b ${BACKEND_HOSTS[1]}:$BACKEND
 EOF
 
 # --- nginx stream + ssl_preread ---------------------------------------------
@@ -186,8 +213,14 @@ error_log $WORK/nginx-proxy/error.log;
 events { worker_connections 16384; }
 stream {
     map_hash_bucket_size 128;
+    # Round robin shared by the workers (zone), as HAProxy's threads share theirs.
+    upstream bench {
+        zone bench 64k;
+        server ${BACKEND_HOSTS[0]}:$BACKEND;
+        server ${BACKEND_HOSTS[1]}:$BACKEND;
+    }
     map \$ssl_preread_server_name \$upstream {
-        $SNI 127.0.0.1:$BACKEND;
+        $SNI bench;
     }
     server {
         listen 127.0.0.1:$NGINX;
@@ -198,7 +231,7 @@ stream {
 }
 EOF
 
-wait_port $BACKEND
+for host in "${BACKEND_HOSTS[@]}"; do wait_port $BACKEND "$host"; done
 
 # --- the proxies, one at a time ------------------------------------------------
 declare -A GW_KIND GW_FLAGS
@@ -212,11 +245,11 @@ for spec in "${gw_specs[@]}"; do
 done
 
 PROXY_PID=''
-PROXY_PORT=''
-start_proxy() {  # name: sets PROXY_PID and PROXY_PORT
+PROXY_PORT='' PROXY_ADDR=''
+start_proxy() {  # name: sets PROXY_PID, PROXY_PORT and PROXY_ADDR (where the load goes)
     local name=$1
     case $name in
-        direct) PROXY_PID=; PROXY_PORT=$BACKEND; return ;;
+        direct) PROXY_PID=; PROXY_PORT=$BACKEND; PROXY_ADDR=$DIRECT; return ;;
         haproxy)
             "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy.cfg" 2>>"$WORK/haproxy.log" &
             PROXY_PID=$!; PROXY_PORT=$HAPROXY ;;
@@ -239,6 +272,7 @@ start_proxy() {  # name: sets PROXY_PID and PROXY_PORT
                 ${GW_FLAGS[$name]} 2>>"$WORK/gateway-$name.log" &
             PROXY_PID=$!; PROXY_PORT=$ISTHMUS ;;
     esac
+    PROXY_ADDR=127.0.0.1:$PROXY_PORT
     wait_port "$PROXY_PORT"
     if [[ -n ${GW_KIND[$name]:-} ]]; then
         # The gateway routes once the control plane's config arrived.
@@ -296,7 +330,7 @@ syscalls_per_request() {  # pid mode concurrency -> "<per request>: <top calls>"
         tracers+=($!)
     done
     sleep 1
-    out=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" "$2" 5 "$3")
+    out=$("${PIN_LOAD[@]}" "$LOAD" "$PROXY_ADDR" "$SNI" "$2" 5 "$3")
     kill -INT "${tracers[@]}"
     wait "${tracers[@]}" 2>/dev/null || true
     cat "$WORK"/strace-*.txt | awk -v n="$(awk -v r="$(get rate "$out")" 'BEGIN { printf "%d", r * 5 }')" '
@@ -315,6 +349,12 @@ cpu_ticks() {  # user + system clock ticks of a process and its children (nginx 
     echo "$total"
 }
 
+backend_ticks() {  # CPU clock ticks of both backend nginx and their workers
+    local total=0 pid
+    for pid in "${BACKEND_PIDS[@]}"; do total=$((total + $(cpu_ticks "$pid"))); done
+    echo "$total"
+}
+
 per_unit_us() {  # cpu ticks before, rate per second -> proxy CPU µs per unit over the last $DURATION s
     awk -v d="$(( $(cpu_ticks "$PROXY_PID") - $1 ))" -v hz="$(getconf CLK_TCK)" -v r="$2" -v s="$DURATION" \
         'BEGIN { printf "%.1f", (r > 0 ? d / hz * 1e6 / (r * s) : 0) }'
@@ -323,20 +363,32 @@ per_unit_us() {  # cpu ticks before, rate per second -> proxy CPU µs per unit o
 bench_target() {  # round name -> one line into $WORK/results
     local round=$1 name=$2 conns bulk lat mem cpu0 cpu t0 t1
     start_proxy "$name"
-    "${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency 1 4 >/dev/null  # warm up
+    "${PIN_LOAD[@]}" "$LOAD" "$PROXY_ADDR" "$SNI" latency 1 4 >/dev/null  # warm up
     conns="rate=0" bulk="mbps=0" lat="p50_us=0 p99_us=0" cpu=0 cpu_conn=0 cpu_req=0
     if [[ " $FIGURES " == *" conns "* ]]; then
         cpu0=$(cpu_ticks "$PROXY_PID")
-        conns=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" conns "$DURATION" "$CONC")
+        conns=$("${PIN_LOAD[@]}" "$LOAD" "$PROXY_ADDR" "$SNI" conns "$DURATION" "$CONC")
         cpu_conn=$(per_unit_us "$cpu0" "$(get rate "$conns")")
         if [[ -n ${SYSCALLS:-} && -n $PROXY_PID ]]; then
             echo "  $name system calls per new connection: $(syscalls_per_request "$PROXY_PID" conns "$CONC")" >&2
         fi
     fi
     if [[ " $FIGURES " == *" bulk "* ]]; then
+        local stat0 backend0 load_cpu
+        stat0=$(head -1 /proc/stat) backend0=$(backend_ticks)
         cpu0=$(cpu_ticks "$PROXY_PID") t0=$(date +%s.%N)
-        bulk=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" bulk "$DURATION" 4)
+        load_cpu=$( { TIMEFORMAT='%U %S'; time "${PIN_LOAD[@]}" "$LOAD" "$PROXY_ADDR" "$SNI" bulk "$DURATION" 4 >"$WORK/bulk.out"; } 2>&1 )
+        bulk=$(cat "$WORK/bulk.out")
         t1=$(date +%s.%N)
+        # Where the machine's CPU went per GB (the load's TLS client, the
+        # backend's TLS server, the proxy) and its idle share: the two
+        # cores are shared, so what one takes the others lack.
+        echo "  $name: bulk $(get mbps "$bulk") MB/s; CPU ms per GB: load $(awk -v c="$load_cpu" -v m="$(get mbps "$bulk")" -v t0="$t0" -v t1="$t1" \
+            'BEGIN { split(c, a, " "); gb = m * (t1 - t0) / 1000; printf "%.0f", (gb > 0 ? (a[1] + a[2]) * 1000 / gb : 0) }'), backend $(awk \
+            -v d="$(( $(backend_ticks) - backend0 ))" -v hz="$(getconf CLK_TCK)" -v m="$(get mbps "$bulk")" -v t0="$t0" -v t1="$t1" \
+            'BEGIN { gb = m * (t1 - t0) / 1000; printf "%.0f", (gb > 0 ? d / hz * 1000 / gb : 0) }'); machine idle $(printf '%s\n%s\n' "$stat0" "$(head -1 /proc/stat)" | awk '
+            { t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6 }
+            END { printf "%.1f %%", 100 * (idle[2] - idle[1]) / (tot[2] - tot[1]) }')" >&2
         # CPU the proxy spent per GB of bulk (ms): what it takes from the
         # others on a shared machine, steadier than MB/s there.
         cpu=$(( ($(cpu_ticks "$PROXY_PID") - cpu0) * 1000 / $(getconf CLK_TCK) ))
@@ -346,7 +398,7 @@ bench_target() {  # round name -> one line into $WORK/results
     if [[ " $FIGURES " == *" latency "* ]]; then
         local cs0 cs
         cs0=$(ctx_switches "$PROXY_PID") cpu0=$(cpu_ticks "$PROXY_PID")
-        lat=$("${PIN_LOAD[@]}" "$LOAD" 127.0.0.1:$PROXY_PORT "$SNI" latency "$DURATION" 8)
+        lat=$("${PIN_LOAD[@]}" "$LOAD" "$PROXY_ADDR" "$SNI" latency "$DURATION" 8)
         cpu_req=$(per_unit_us "$cpu0" "$(get rate "$lat")")
         cs=$(awk -v d="$(( $(ctx_switches "$PROXY_PID") - cs0 ))" -v r="$(get rate "$lat")" -v s="$DURATION" \
             'BEGIN { printf "%.2f", (r > 0 ? d / (r * s) : 0) }')

@@ -3,11 +3,16 @@
 //! host, and the SNI is the URI host there), connecting to any address.
 //!
 //! ```text
-//! tls_load <addr> <sni> conns   <seconds> <concurrency>   new TLS connection per request
-//! tls_load <addr> <sni> bulk    <seconds> <concurrency>   GET /bulk repeatedly, keep-alive
-//! tls_load <addr> <sni> latency <seconds> <concurrency>   GET /small, keep-alive, percentiles
+//! tls_load <addr[,addr…]> <sni> conns   <seconds> <concurrency>   new TLS connection per request
+//! tls_load <addr[,addr…]> <sni> bulk    <seconds> <concurrency>   GET /bulk repeatedly, keep-alive
+//! tls_load <addr[,addr…]> <sni> latency <seconds> <concurrency>   GET /small, keep-alive, percentiles
 //! ```
 //! Prints one line: `rate=<per second> mbps=<MB/s> p50_us=<> p99_us=<> errors=<>`.
+//!
+//! `<addr>` may list several addresses, comma-separated: the `i`-th of the
+//! concurrent clients then uses address `i mod n` (how the benchmark
+//! reaches its two backends directly, split as evenly as the proxies'
+//! round robin splits them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,7 +119,10 @@ async fn main() {
         eprintln!("usage: tls_load <addr> <sni> conns|bulk|latency <seconds> <concurrency>");
         std::process::exit(2);
     };
-    let addr: SocketAddr = addr.parse().expect("address");
+    let addrs: Vec<SocketAddr> = addr
+        .split(',')
+        .map(|a| a.parse().expect("address"))
+        .collect();
     let sni = ServerName::try_from(sni.clone()).expect("server name");
     let secs: u64 = secs.parse().expect("seconds");
     let conc: usize = conc.parse().expect("concurrency");
@@ -134,7 +142,8 @@ async fn main() {
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conc {
+    for i in 0..conc {
+        let addr = addrs[i % addrs.len()];
         let (tls, sni, mode) = (tls.clone(), sni.clone(), mode.clone());
         let (done, bytes, errors) = (done.clone(), bytes.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
