@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use clap::Args;
 use isthmus_api::naming::Locality;
-use isthmus_proxy_core::transport::{DEFAULT_BUFFER_SIZE, SpliceConfig};
+use isthmus_proxy_core::transport::SpliceConfig;
 use isthmus_proxy_core::xds::XdsProtocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::{
-    ConfigSource, DEFAULT_ADMIN_PORT, DEFAULT_PIPE_SIZE, DEFAULT_PORT, DEFAULT_ZERO_COPY, Error,
-    Options, gateway_node, start,
+    ConfigSource, DEFAULT_ADMIN_PORT, DEFAULT_BULK_BUFFER, DEFAULT_PIPE_SIZE, DEFAULT_PORT,
+    DEFAULT_ZERO_COPY, Error, Options, gateway_node, start,
 };
 
 /// Arguments of the gateway.
@@ -54,16 +54,17 @@ pub struct GatewayArgs {
     /// Connections with no traffic either way for this long are closed.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Bytes in flight per direction with --zero-copy off: the copy's buffer.
-    #[arg(long, default_value_t = DEFAULT_BUFFER_SIZE)]
+    /// Bytes in flight per direction in bulk with --zero-copy off: the
+    /// buffer bulk is copied through (made when bulk starts).
+    #[arg(long, default_value_t = DEFAULT_BULK_BUFFER)]
     pub buffer_size: usize,
     /// Bytes in flight per direction in bulk with --zero-copy on: the pipe's
     /// size (rounded up by the kernel to a power of two pages).
     #[arg(long, default_value_t = DEFAULT_PIPE_SIZE)]
     pub pipe_size: usize,
-    /// Copy small messages through the stack and move bulk with splice(2)
-    /// through a pipe per direction (on, Linux), or copy everything
-    /// through user-space buffers (off).
+    /// Move bulk with splice(2) through a pipe per direction (on, Linux)
+    /// instead of copying it through a buffer (off). Small messages are
+    /// copied through the stack either way.
     #[arg(long, value_enum, default_value_t = Switch::from(DEFAULT_ZERO_COPY))]
     pub zero_copy: Switch,
     /// How long connections get to finish on SIGTERM.

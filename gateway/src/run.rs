@@ -27,19 +27,26 @@ use tokio_util::task::TaskTracker;
 use crate::accept::accept_loop;
 use crate::detect::{DEFAULT_MAX_HELLO, DEFAULT_PEEK_TIMEOUT};
 use crate::metrics::Metrics;
-use crate::proxy::{Settings, Shared};
+use crate::proxy::{Bulk, Settings, Shared};
 use crate::route::RouteTable;
 
 /// Default port of the passthrough listener.
 pub const DEFAULT_PORT: u16 = 15443;
 /// Default port of the admin server.
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
-/// Whether [`Options::zero_copy`] is on by default: small messages copied
-/// through the stack, bulk spliced — up to 17% less CPU per GB than
-/// HAProxy's copy, no user-space buffer per connection, and more new
-/// connections/s than splicing everything (`docs/benchmarks/gateway.md`);
-/// a direction that moves bulk costs a pipe (two descriptors).
-pub const DEFAULT_ZERO_COPY: bool = true;
+/// Whether [`Options::zero_copy`] is on by default. Off: bulk is copied
+/// through a buffer of [`DEFAULT_BULK_BUFFER`] bytes, which on one host
+/// moved more than splicing it (`splice(2)` saves the gateway's CPU but
+/// costs the local sender and receiver more; `docs/benchmarks/gateway.md`,
+/// run B2). Small messages are copied through the stack either way.
+pub const DEFAULT_ZERO_COPY: bool = false;
+/// Default size of the buffer a direction copies bulk through, made when
+/// bulk starts and given back when messages resume: up to 64 KiB per read
+/// and write, where HAProxy's 16 KiB buffers take four of each. 128, 256
+/// and 512 KiB moved no more within the benchmark's noise
+/// (`docs/benchmarks/gateway.md`, run B3) and hold more memory per bulk
+/// direction.
+pub const DEFAULT_BULK_BUFFER: usize = 64 * 1024;
 /// Default size of each `splice(2)` pipe: the kernel's own default, as
 /// HAProxy leaves it. Against 16 KiB pipes it moved bulk 8–24% faster with
 /// 17–20% less CPU per GB (`docs/benchmarks/gateway.md`); a pipe holds
@@ -83,12 +90,13 @@ pub struct Options {
     pub client_hello_timeout: Duration,
     /// Endpoints tried per connection before giving up.
     pub connect_attempts: usize,
-    /// Buffer size and idle timeout of the splice (a TCP proxy's own
-    /// `idle_timeout` wins).
+    /// The buffer bulk is copied through (`buffer_size`, with `zero_copy`
+    /// off) and the idle timeout (a TCP proxy's own `idle_timeout` wins).
     pub splice: SpliceConfig,
-    /// Move bytes with `splice(2)` through a pipe per direction (sized
-    /// `splice.buffer_size`) instead of copying them through user space
-    /// (Linux; elsewhere, or without pipes, the copy runs).
+    /// Move bulk with `splice(2)` through a pipe per direction (sized
+    /// `pipe_size`) instead of copying it through user space (Linux;
+    /// elsewhere, or without pipes, the copy runs). Small messages are
+    /// copied through the stack either way.
     pub zero_copy: bool,
     /// Bytes each `splice(2)` pipe holds (rounded up by the kernel to a
     /// power of two pages).
@@ -102,8 +110,8 @@ pub struct Options {
 impl Options {
     /// Defaults: listen on 15443, admin on 15000, 16384 connections (4096
     /// per service), 16 KiB / 10 s ClientHello, 3 connect attempts,
-    /// `splice(2)` through 64 KiB pipes (16 KiB buffers for the copy), 1 h
-    /// idle timeout, 10 s drain grace,
+    /// bulk copied through 64 KiB buffers (or spliced through 64 KiB pipes),
+    /// 1 h idle timeout, 10 s drain grace,
     /// incremental xDS.
     pub fn new(node: NodeInfo, config: ConfigSource) -> Self {
         Self {
@@ -117,7 +125,10 @@ impl Options {
             max_client_hello: DEFAULT_MAX_HELLO,
             client_hello_timeout: DEFAULT_PEEK_TIMEOUT,
             connect_attempts: 3,
-            splice: SpliceConfig::default(),
+            splice: SpliceConfig {
+                buffer_size: DEFAULT_BULK_BUFFER,
+                ..SpliceConfig::default()
+            },
             zero_copy: DEFAULT_ZERO_COPY,
             pipe_size: DEFAULT_PIPE_SIZE,
             drain_grace: Duration::from_secs(10),
@@ -315,8 +326,12 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
             client_hello_timeout: options.client_hello_timeout,
             max_connections_per_service: options.max_connections_per_service,
             connect_attempts: options.connect_attempts,
-            splice: options.splice,
-            zero_copy: options.zero_copy.then_some(options.pipe_size),
+            idle_timeout: options.splice.idle_timeout,
+            bulk: if options.zero_copy {
+                Bulk::Splice(options.pipe_size)
+            } else {
+                Bulk::Copy(options.splice.buffer_size)
+            },
         },
         force: force.clone(),
     });

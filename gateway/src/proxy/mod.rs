@@ -1,16 +1,16 @@
 //! The life of one connection: detect (ClientHello) → route (SNI →
 //! cluster, per-service limit) → upstream (connect with retries) → replay
-//! the ClientHello bytes → splice (`splice(2)` or a user-space copy, see
-//! [`zero_copy`]) until both sides close, the idle timeout, or a forced
-//! shutdown.
+//! the ClientHello bytes → move bytes both ways (messages copied through
+//! the stack, bulk through a buffer or a `splice(2)` pipe, see [`pump`])
+//! until both sides close, the idle timeout, or a forced shutdown.
 
-mod zero_copy;
+mod pump;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_proxy_core::transport::{SpliceConfig, SpliceEnd};
+use isthmus_proxy_core::transport::SpliceEnd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -21,7 +21,8 @@ use tracing::Instrument;
 use crate::detect::{DetectError, read_client_hello};
 use crate::metrics::{LogLimit, Metrics, alpn_label};
 use crate::route::RouteTable;
-use zero_copy::splice_sockets;
+pub(crate) use pump::Bulk;
+use pump::splice_sockets;
 
 /// Connection settings (see [`Options`](crate::run::Options)).
 #[derive(Clone, Debug)]
@@ -30,9 +31,11 @@ pub(crate) struct Settings {
     pub client_hello_timeout: Duration,
     pub max_connections_per_service: usize,
     pub connect_attempts: usize,
-    pub splice: SpliceConfig,
-    /// `splice(2)` through pipes of this size; `None` copies.
-    pub zero_copy: Option<usize>,
+    /// Connections with no traffic either way for this long are closed
+    /// (a TCP proxy's own `idle_timeout` wins).
+    pub idle_timeout: Option<Duration>,
+    /// How a direction moves bulk.
+    pub bulk: Bulk,
 }
 
 /// What every connection task shares.
@@ -165,13 +168,10 @@ async fn connection(
     }
     bytes.received.inc_by(hello_bytes.len() as u64);
     drop(hello_bytes);
-    let config = SpliceConfig {
-        idle_timeout: route.idle_timeout.or(s.splice.idle_timeout),
-        ..s.splice
-    };
+    let idle_timeout = route.idle_timeout.or(s.idle_timeout);
     // The ClientHello is out: from here the sockets' queues hold exactly
     // what is left to forward, so the kernel may move it.
-    let splice = splice_sockets(client, &mut server, &config, s.zero_copy, &bytes);
+    let splice = splice_sockets(client, &mut server, idle_timeout, s.bulk, &bytes);
     let end = match splice.await {
         Ok(stats) if stats.end == SpliceEnd::IdleTimeout => "idle_timeout",
         Ok(_) => "closed",

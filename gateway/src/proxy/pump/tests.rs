@@ -1,4 +1,5 @@
-//! `splice(2)` through pipes between real loopback sockets.
+//! The pump between real loopback sockets, each test with bulk copied
+//! through a buffer and spliced through a pipe.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -7,12 +8,21 @@ use isthmus_proxy_core::transport::{Direction, Pump, SpliceEnd, Transfer, splice
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::pipe::{COPY_SIZE, Pipe, PipePump};
 use super::*;
-use crate::run::DEFAULT_PIPE_SIZE;
+use crate::run::{DEFAULT_BULK_BUFFER, DEFAULT_PIPE_SIZE};
 
 /// Every wait is bounded by this.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// Both ways of moving bulk, at the gateway's default sizes.
+const DEFAULTS: [Bulk; 2] = [
+    Bulk::Copy(DEFAULT_BULK_BUFFER),
+    Bulk::Splice(DEFAULT_PIPE_SIZE),
+];
+
+/// Both ways of moving bulk, one page at a time: many fill/write rounds,
+/// partial writes included.
+const ONE_PAGE: [Bulk; 2] = [Bulk::Copy(4096), Bulk::Splice(4096)];
 
 /// Sums what the splice reports.
 #[derive(Default)]
@@ -38,33 +48,29 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 
 type SpliceTask = tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>;
 
-/// Splices between the proxy's two sockets, `down` (to the client) and
+/// Pumps between the proxy's two sockets, `down` (to the client) and
 /// `up` (to the server), in a task of its own.
 fn start_splice(
     mut down: TcpStream,
     mut up: TcpStream,
-    pipe_size: usize,
+    bulk: Bulk,
     idle: Option<Duration>,
     sums: std::sync::Arc<Sums>,
 ) -> SpliceTask {
-    let (to_up, to_down) = PipePump::pair(pipe_size);
+    let (to_up, to_down) = AdaptivePump::pair(bulk);
     tokio::spawn(async move { splice_with(&mut down, &mut up, to_up, to_down, idle, &*sums).await })
 }
 
 /// client ⇄ (down ⇄ pipes ⇄ up) ⇄ server: returns the client, the server
 /// and the splice task.
 async fn spliced(
-    pipe_size: usize,
+    bulk: Bulk,
     idle: Option<Duration>,
     sums: std::sync::Arc<Sums>,
 ) -> (TcpStream, TcpStream, SpliceTask) {
     let (client, down) = tcp_pair().await;
     let (up, server) = tcp_pair().await;
-    (
-        client,
-        server,
-        start_splice(down, up, pipe_size, idle, sums),
-    )
+    (client, server, start_splice(down, up, bulk, idle, sums))
 }
 
 /// Everything `stream` sends until EOF (bounded by [`WAIT`]).
@@ -130,9 +136,8 @@ async fn receive(stream: &mut (impl AsyncReadExt + Unpin), pattern: &Pattern, se
 async fn sixty_four_mib_each_way_arrive_byte_exact_and_are_counted() {
     const TOTAL: u64 = 64 << 20;
     let sums = std::sync::Arc::new(Sums::default());
-    // A one-page pipe: many fill/drain rounds, partial writes included.
-    for pipe_size in [4096, 64 * 1024] {
-        let (client, server, task) = spliced(pipe_size, None, sums.clone()).await;
+    for bulk in ONE_PAGE.into_iter().chain(DEFAULTS) {
+        let (client, server, task) = spliced(bulk, None, sums.clone()).await;
         let (mut client_read, mut client_write) = client.into_split();
         let (mut server_read, mut server_write) = server.into_split();
         let pattern = Pattern::new();
@@ -145,7 +150,7 @@ async fn sixty_four_mib_each_way_arrive_byte_exact_and_are_counted() {
             )
         };
         let ((), (), at_server, at_client) = tokio::time::timeout(WAIT, run).await.unwrap();
-        assert_eq!((at_server, at_client), (TOTAL, TOTAL), "pipe {pipe_size}");
+        assert_eq!((at_server, at_client), (TOTAL, TOTAL), "{bulk:?}");
         let stats = tokio::time::timeout(WAIT, task)
             .await
             .unwrap()
@@ -156,7 +161,7 @@ async fn sixty_four_mib_each_way_arrive_byte_exact_and_are_counted() {
             (TOTAL, TOTAL, SpliceEnd::Closed)
         );
     }
-    assert_eq!(*sums.0.lock().unwrap(), (2 * TOTAL, 2 * TOTAL));
+    assert_eq!(*sums.0.lock().unwrap(), (4 * TOTAL, 4 * TOTAL));
 }
 
 /// Writes `message` on `from` and reads it whole on `to`.
@@ -177,8 +182,14 @@ async fn exchange(from: &mut TcpStream, to: &mut TcpStream, message: &[u8]) {
 /// (readiness cleared with bytes left) stalls the exchange.
 #[tokio::test]
 async fn request_response_exchanges_of_every_size_never_stall() {
+    for bulk in DEFAULTS {
+        exchanges_of_every_size(bulk).await;
+    }
+}
+
+async fn exchanges_of_every_size(bulk: Bulk) {
     let sums = std::sync::Arc::new(Sums::default());
-    let (mut client, mut server, task) = spliced(64 * 1024, None, sums).await;
+    let (mut client, mut server, task) = spliced(bulk, None, sums).await;
     let pattern = Pattern::new();
     // Around the small-read buffer (4 KiB), around the pipe, and beyond it.
     let sizes = [
@@ -201,7 +212,7 @@ async fn request_response_exchanges_of_every_size_never_stall() {
         }
     })
     .await
-    .expect("every exchange completes");
+    .unwrap_or_else(|_| panic!("every exchange completes ({bulk:?})"));
     drop((client, server));
     let stats = task.await.unwrap().unwrap();
     assert_eq!((stats.to_upstream, stats.to_downstream), (total, total));
@@ -209,7 +220,13 @@ async fn request_response_exchanges_of_every_size_never_stall() {
 
 #[tokio::test]
 async fn a_client_half_close_reaches_the_server_which_can_still_answer() {
-    let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
+    for bulk in ONE_PAGE {
+        client_half_close(bulk).await;
+    }
+}
+
+async fn client_half_close(bulk: Bulk) {
+    let (mut client, mut server, task) = spliced(bulk, None, Default::default()).await;
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap();
     let got = read_all(&mut server).await;
@@ -232,17 +249,18 @@ async fn a_client_half_close_reaches_the_server_which_can_still_answer() {
 #[tokio::test]
 async fn bytes_queued_with_the_fin_before_the_first_read_all_pass_then_the_half_close() {
     let pattern = Pattern::new();
-    for len in [1, COPY_SIZE - 1, COPY_SIZE, COPY_SIZE + 1, 100_000] {
+    let sizes = [1, COPY_SIZE - 1, COPY_SIZE, COPY_SIZE + 1, 100_000];
+    for (bulk, len) in DEFAULTS.into_iter().flat_map(|b| sizes.map(|len| (b, len))) {
         let (mut client, down) = tcp_pair().await;
         let (up, mut server) = tcp_pair().await;
         send(&mut client, &pattern, 7, len as u64).await;
         // Let the bytes and the FIN reach the proxy's socket first.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let task = start_splice(down, up, DEFAULT_PIPE_SIZE, None, Default::default());
+        let task = start_splice(down, up, bulk, None, Default::default());
         let got = tokio::time::timeout(WAIT, receive(&mut server, &pattern, 7))
             .await
             .unwrap();
-        assert_eq!(got, len as u64, "{len} bytes sent");
+        assert_eq!(got, len as u64, "{len} bytes sent ({bulk:?})");
         // The server answers on its half, then closes.
         server.write_all(b"done").await.unwrap();
         drop(server);
@@ -255,7 +273,13 @@ async fn bytes_queued_with_the_fin_before_the_first_read_all_pass_then_the_half_
 
 #[tokio::test]
 async fn a_server_half_close_reaches_the_client_which_can_still_send() {
-    let (mut client, mut server, task) = spliced(4096, None, Default::default()).await;
+    for bulk in ONE_PAGE {
+        server_half_close(bulk).await;
+    }
+}
+
+async fn server_half_close(bulk: Bulk) {
+    let (mut client, mut server, task) = spliced(bulk, None, Default::default()).await;
     server.write_all(b"banner").await.unwrap();
     server.shutdown().await.unwrap();
     let got = read_all(&mut client).await;
@@ -273,7 +297,7 @@ async fn a_server_half_close_reaches_the_client_which_can_still_send() {
 async fn an_idle_connection_ends_after_the_timeout_and_traffic_postpones_it() {
     let idle = Duration::from_millis(300);
     let start = Instant::now();
-    let (mut client, mut server, task) = spliced(4096, Some(idle), Default::default()).await;
+    let (mut client, mut server, task) = spliced(ONE_PAGE[0], Some(idle), Default::default()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     client.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
@@ -302,8 +326,8 @@ async fn an_idle_connection_ends_after_the_timeout_and_traffic_postpones_it() {
 
 /// The server streams until the splice fails; the one who resets decides
 /// which side the error names.
-async fn reset_mid_transfer(reset_client: bool) -> SpliceError {
-    let (mut client, mut server, task) = spliced(64 * 1024, None, Default::default()).await;
+async fn reset_mid_transfer(bulk: Bulk, reset_client: bool) -> SpliceError {
+    let (mut client, mut server, task) = spliced(bulk, None, Default::default()).await;
     let pattern = Pattern::new();
     let streaming = async {
         let mut sent = 0u64;
@@ -358,21 +382,25 @@ async fn reset_mid_transfer(reset_client: bool) -> SpliceError {
 
 #[tokio::test]
 async fn a_client_reset_mid_transfer_is_an_error_naming_the_downstream() {
-    let err = reset_mid_transfer(true).await;
-    assert_eq!(err.side, "downstream", "{err}");
-    assert!(err.to_downstream >= 1 << 20, "{err}");
+    for bulk in DEFAULTS {
+        let err = reset_mid_transfer(bulk, true).await;
+        assert_eq!(err.side, "downstream", "{err} ({bulk:?})");
+        assert!(err.to_downstream >= 1 << 20, "{err} ({bulk:?})");
+    }
 }
 
 #[tokio::test]
 async fn a_server_reset_mid_transfer_is_an_error_naming_the_upstream() {
-    let err = reset_mid_transfer(false).await;
-    assert_eq!(err.side, "upstream", "{err}");
+    for bulk in DEFAULTS {
+        let err = reset_mid_transfer(bulk, false).await;
+        assert_eq!(err.side, "upstream", "{err} ({bulk:?})");
+    }
 }
 
 /// Writes `message` on `client` and drives `pump` (`down` → `up`) until
 /// `server` has read it whole.
 async fn through(
-    pump: &mut PipePump,
+    pump: &mut AdaptivePump,
     [client, down, up, server]: [&mut TcpStream; 4],
     message: &[u8],
 ) {
@@ -399,10 +427,16 @@ async fn through(
 }
 
 #[tokio::test]
-async fn small_messages_are_copied_without_a_pipe_and_bulk_goes_through_one() {
+async fn small_messages_are_copied_through_the_stack_and_bulk_through_the_store() {
+    for bulk in DEFAULTS {
+        messages_then_bulk_then_messages(bulk).await;
+    }
+}
+
+async fn messages_then_bulk_then_messages(bulk: Bulk) {
     let (mut client, mut down) = tcp_pair().await;
     let (mut up, mut server) = tcp_pair().await;
-    let mut pump = PipePump::new(DEFAULT_PIPE_SIZE, Default::default());
+    let mut pump = AdaptivePump::new(bulk, Default::default());
     let pattern = Pattern::new();
     macro_rules! ends {
         () => {
@@ -414,49 +448,54 @@ async fn small_messages_are_copied_without_a_pipe_and_bulk_goes_through_one() {
             through(&mut pump, ends!(), pattern.at(size as u64, size)).await;
         }
     }
-    assert_eq!(pump.spliced(), (false, 0), "small messages make no pipe");
+    assert_eq!(
+        pump.stored(),
+        (false, 0),
+        "small messages make no store ({bulk:?})"
+    );
 
-    // A megabyte at once: after a full copy read, the rest is spliced.
-    let mut bulk = Vec::with_capacity(1 << 20);
-    while bulk.len() < 1 << 20 {
-        bulk.extend_from_slice(pattern.at(bulk.len() as u64, Pattern::CHUNK));
+    // A megabyte at once: after a full copy read, the rest goes through
+    // the store.
+    let mut megabyte = Vec::with_capacity(1 << 20);
+    while megabyte.len() < 1 << 20 {
+        megabyte.extend_from_slice(pattern.at(megabyte.len() as u64, Pattern::CHUNK));
     }
-    through(&mut pump, ends!(), &bulk).await;
-    let (made, spliced) = pump.spliced();
-    assert!(made && spliced > 0, "bulk went through the pipe");
+    through(&mut pump, ends!(), &megabyte).await;
+    let (_, stored) = pump.stored();
+    assert!(stored > 0, "bulk went through the store ({bulk:?})");
 
-    // Small messages are copied again (after at most one short read
-    // through the pipe, if the megabyte's last read was a full one).
+    // Small messages are copied again (after at most one short read into
+    // the store, if the megabyte's last read was a full one).
     for _ in 0..20 {
         through(&mut pump, ends!(), b"small again").await;
     }
-    let (_, after) = pump.spliced();
+    let (held, after) = pump.stored();
     assert!(
-        after - spliced <= 11,
-        "{} more bytes spliced",
-        after - spliced
+        after - stored <= 11,
+        "{} more bytes stored ({bulk:?})",
+        after - stored
     );
+    // A buffer's memory goes back with the bulk; a pipe is kept.
+    assert_eq!(held, matches!(bulk, Bulk::Splice(_)), "{bulk:?}");
     let moved = 5 * (1 + 100 + 1448 + 4096 + COPY_SIZE as u64 - 1) + (1 << 20) + 20 * 11;
     assert_eq!(pump.written(), moved);
 }
 
 #[tokio::test]
 async fn the_pipe_takes_the_size_asked_for_rounded_to_pages() {
-    let pipe = Pipe::new(100_000).unwrap();
-    assert_eq!(pipe.capacity(), 128 * 1024);
-    let pipe = Pipe::new(1).unwrap();
-    assert_eq!(pipe.capacity(), 4096);
+    let pipe = pipe::Pipe::new(100_000).unwrap();
+    assert_eq!(pipe.capacity, 128 * 1024);
+    let pipe = pipe::Pipe::new(1).unwrap();
+    assert_eq!(pipe.capacity, 4096);
 }
 
 #[tokio::test]
 async fn with_zero_copy_off_or_on_the_gateway_splice_moves_the_same_bytes() {
-    for zero_copy in [None, Some(DEFAULT_PIPE_SIZE)] {
+    for bulk in DEFAULTS {
         let (mut client, mut down) = tcp_pair().await;
         let (mut up, mut server) = tcp_pair().await;
-        let config = SpliceConfig::default();
-        let task = tokio::spawn(async move {
-            splice_sockets(&mut down, &mut up, &config, zero_copy, &()).await
-        });
+        let task =
+            tokio::spawn(async move { splice_sockets(&mut down, &mut up, None, bulk, &()).await });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
