@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 use isthmus_api::naming::Locality;
-use isthmus_proxy_core::transport::SpliceConfig;
 use isthmus_proxy_core::xds::XdsProtocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::{
-    ConfigSource, DEFAULT_ADMIN_PORT, DEFAULT_BULK_BUFFER, DEFAULT_PIPE_SIZE, DEFAULT_PORT,
+    Bulk, ConfigSource, DEFAULT_ADMIN_PORT, DEFAULT_BULK_BUFFER, DEFAULT_PIPE_SIZE, DEFAULT_PORT,
     DEFAULT_ZERO_COPY, Error, Options, gateway_node, start,
 };
 
@@ -145,12 +144,11 @@ impl GatewayArgs {
         options.max_connections = self.max_connections;
         options.max_connections_per_service = self.max_connections_per_service;
         options.client_hello_timeout = self.client_hello_timeout;
-        options.splice = SpliceConfig {
-            buffer_size: self.buffer_size,
-            idle_timeout: Some(self.idle_timeout),
+        options.idle_timeout = Some(self.idle_timeout);
+        options.bulk = match self.zero_copy {
+            Switch::On => Bulk::Splice(self.pipe_size),
+            Switch::Off => Bulk::Copy(self.buffer_size),
         };
-        options.zero_copy = self.zero_copy == Switch::On;
-        options.pipe_size = self.pipe_size;
         options.drain_grace = self.drain_grace;
         options.xds_protocol = self.xds_protocol;
         Ok(options)

@@ -25,4 +25,4 @@ pub mod route;
 pub mod run;
 pub mod upstream;
 
-pub use run::{ConfigSource, Error, Options, Running, start};
+pub use run::{Bulk, ConfigSource, Error, Options, Running, start};

@@ -27,14 +27,15 @@ use tokio_util::task::TaskTracker;
 use crate::accept::accept_loop;
 use crate::detect::{DEFAULT_MAX_HELLO, DEFAULT_PEEK_TIMEOUT};
 use crate::metrics::Metrics;
-use crate::proxy::{Bulk, Settings, Shared};
+pub use crate::proxy::Bulk;
+use crate::proxy::{Settings, Shared};
 use crate::route::RouteTable;
 
 /// Default port of the passthrough listener.
 pub const DEFAULT_PORT: u16 = 15443;
 /// Default port of the admin server.
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
-/// Whether [`Options::zero_copy`] is on by default. Off: bulk is copied
+/// Whether `--zero-copy` is on by default. Off: bulk is copied
 /// through a buffer of [`DEFAULT_BULK_BUFFER`] bytes, which on one host
 /// moved more than splicing it (`splice(2)` saves the gateway's CPU but
 /// costs the local sender and receiver more; `docs/benchmarks/gateway.md`,
@@ -53,6 +54,14 @@ pub const DEFAULT_BULK_BUFFER: usize = 64 * 1024;
 /// pages only while bytes wait in it, so a larger one costs no memory on
 /// an idle connection.
 pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+/// How bulk moves by default: [`DEFAULT_ZERO_COPY`] with the default sizes.
+pub fn default_bulk() -> Bulk {
+    if DEFAULT_ZERO_COPY {
+        Bulk::Splice(DEFAULT_PIPE_SIZE)
+    } else {
+        Bulk::Copy(DEFAULT_BULK_BUFFER)
+    }
+}
 /// Accept backlog of the passthrough listener.
 const BACKLOG: u32 = 1024;
 
@@ -90,17 +99,12 @@ pub struct Options {
     pub client_hello_timeout: Duration,
     /// Endpoints tried per connection before giving up.
     pub connect_attempts: usize,
-    /// The buffer bulk is copied through (`buffer_size`, with `zero_copy`
-    /// off) and the idle timeout (a TCP proxy's own `idle_timeout` wins).
-    pub splice: SpliceConfig,
-    /// Move bulk with `splice(2)` through a pipe per direction (sized
-    /// `pipe_size`) instead of copying it through user space (Linux;
-    /// elsewhere, or without pipes, the copy runs). Small messages are
-    /// copied through the stack either way.
-    pub zero_copy: bool,
-    /// Bytes each `splice(2)` pipe holds (rounded up by the kernel to a
-    /// power of two pages).
-    pub pipe_size: usize,
+    /// Connections with no traffic either way for this long are closed (a
+    /// TCP proxy's own `idle_timeout` wins).
+    pub idle_timeout: Option<Duration>,
+    /// How a direction moves bulk (small messages are copied through the
+    /// stack either way).
+    pub bulk: Bulk,
     /// How long connections may take to finish once a drain starts.
     pub drain_grace: Duration,
     /// The ADS flavour spoken with the control plane.
@@ -125,12 +129,8 @@ impl Options {
             max_client_hello: DEFAULT_MAX_HELLO,
             client_hello_timeout: DEFAULT_PEEK_TIMEOUT,
             connect_attempts: 3,
-            splice: SpliceConfig {
-                buffer_size: DEFAULT_BULK_BUFFER,
-                ..SpliceConfig::default()
-            },
-            zero_copy: DEFAULT_ZERO_COPY,
-            pipe_size: DEFAULT_PIPE_SIZE,
+            idle_timeout: SpliceConfig::default().idle_timeout,
+            bulk: default_bulk(),
             drain_grace: Duration::from_secs(10),
             xds_protocol: XdsProtocol::default(),
         }
@@ -326,12 +326,8 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Runn
             client_hello_timeout: options.client_hello_timeout,
             max_connections_per_service: options.max_connections_per_service,
             connect_attempts: options.connect_attempts,
-            idle_timeout: options.splice.idle_timeout,
-            bulk: if options.zero_copy {
-                Bulk::Splice(options.pipe_size)
-            } else {
-                Bulk::Copy(options.splice.buffer_size)
-            },
+            idle_timeout: options.idle_timeout,
+            bulk: options.bulk,
         },
         force: force.clone(),
     });

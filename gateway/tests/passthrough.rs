@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use isthmus_gateway::Bulk;
+use isthmus_gateway::run::{DEFAULT_BULK_BUFFER, DEFAULT_PIPE_SIZE};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -79,12 +81,15 @@ async fn mtls_passes_through_untouched_and_the_server_sees_the_callers_identity(
 async fn the_replayed_bytes_are_exactly_what_the_client_sent() {
     // Bytes read with the ClientHello are replayed, the rest is spliced:
     // with splice(2) and with the copy, every byte arrives once, in order.
-    for zero_copy in [true, false] {
+    for bulk in [
+        Bulk::Splice(DEFAULT_PIPE_SIZE),
+        Bulk::Copy(DEFAULT_BULK_BUFFER),
+    ] {
         // A raw recording server behind the gateway: every byte, unchanged.
         let recorder = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = recorder.local_addr().unwrap().port();
         let services = services(port, port, &[], dead_port().await);
-        let env = Env::start(&services, |o| o.zero_copy = zero_copy).await;
+        let env = Env::start(&services, |o| o.bulk = bulk).await;
         let hello = raw_client_hello(HW_SNI);
         let mut first = hello.clone();
         first.extend(b"and then some");
@@ -105,7 +110,7 @@ async fn the_replayed_bytes_are_exactly_what_the_client_sent() {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(got, [&first[..], later].concat(), "zero copy {zero_copy}");
+        assert_eq!(got, [&first[..], later].concat(), "{bulk:?}");
         drop(upstream);
         env.stop().await;
     }

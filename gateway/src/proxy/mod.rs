@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::detect::{DetectError, read_client_hello};
 use crate::metrics::{LogLimit, Metrics, alpn_label};
 use crate::route::RouteTable;
-pub(crate) use pump::Bulk;
+pub use pump::Bulk;
 use pump::splice_sockets;
 
 /// Connection settings (see [`Options`](crate::run::Options)).
